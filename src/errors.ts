@@ -1,0 +1,54 @@
+/**
+ * The error-code registry. Every error the gateway reports about input or I/O carries one of
+ * these stable codes; tests and callers match on `code`, never on message text. A code is
+ * never reused for another meaning. Messages must not contain personal data (CPR numbers,
+ * names): say where the problem is (segment/field), not what the patient data was.
+ */
+export const ErrorCode = {
+  // MLLP framing
+  MLLP_FRAME_TOO_LARGE: 'MDI_ERR_MLLP_FRAME_TOO_LARGE',
+  MLLP_GARBAGE: 'MDI_ERR_MLLP_GARBAGE',
+  MLLP_TRUNCATED: 'MDI_ERR_MLLP_TRUNCATED',
+  // HL7 v2 structure
+  HL7_NO_MSH: 'MDI_ERR_HL7_NO_MSH',
+  HL7_BAD_DELIMITERS: 'MDI_ERR_HL7_BAD_DELIMITERS',
+  HL7_MISSING_FIELD: 'MDI_ERR_HL7_MISSING_FIELD',
+  HL7_BAD_CHARSET: 'MDI_ERR_HL7_BAD_CHARSET',
+  HL7_UNSUPPORTED_MESSAGE: 'MDI_ERR_HL7_UNSUPPORTED_MESSAGE',
+  HL7_BAD_TIME: 'MDI_ERR_HL7_BAD_TIME',
+  HL7_BAD_VALUE: 'MDI_ERR_HL7_BAD_VALUE',
+  HL7_BAD_SEGMENT: 'MDI_ERR_HL7_BAD_SEGMENT',
+  // Normalization / validation
+  MAPPING_UNKNOWN_UNIT: 'MDI_ERR_MAPPING_UNKNOWN_UNIT',
+  MAPPING_BAD_ROW: 'MDI_ERR_MAPPING_BAD_ROW',
+  VALUE_NOT_NUMERIC: 'MDI_ERR_VALUE_NOT_NUMERIC',
+  VALUE_IMPLAUSIBLE: 'MDI_ERR_VALUE_IMPLAUSIBLE',
+  // Configuration and storage
+  CONFIG_INVALID: 'MDI_ERR_CONFIG_INVALID',
+  STORE_FAILED: 'MDI_ERR_STORE_FAILED',
+  STORE_CLOSED: 'MDI_ERR_STORE_CLOSED',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+export class GatewayError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'GatewayError';
+    this.code = code;
+  }
+}
+
+/**
+ * A problem found in one piece of input, with its HL7 location when there is one.
+ * `location` uses HL7 notation: `OBX[3]-5` is field 5 of the third OBX segment,
+ * `MSH-9` a field of the (single) MSH.
+ */
+export interface Problem {
+  readonly code: ErrorCode;
+  readonly message: string;
+  /** HL7 location (`OBX[3]-5`), or a byte offset description for non-HL7 input; '' if none. */
+  readonly location: string;
+  /** HL7 table 0357 error condition code (`102` data type error, `100` segment sequence, …). */
+  readonly hl7Code: string;
+}

@@ -1,0 +1,391 @@
+import { createHmac, randomBytes } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+import { ErrorCode, GatewayError } from '../errors.js';
+import type { DeadLetter, DeadLetterInput } from '../model/dead-letter.js';
+import type { PatientId } from '../model/measurement.js';
+import type { Observation } from '../model/observation.js';
+import type {
+  CommitResult,
+  CommitUnit,
+  DeadLetterQuery,
+  ObservationQuery,
+  StoredObservation,
+  Store,
+} from './store.js';
+
+export interface SqliteStoreOptions {
+  /** Database file; `:memory:` for throwaway stores in unit tests. */
+  readonly file: string;
+  /** `full`: an ACKed message survives power loss. `normal`: survives a process crash only. */
+  readonly synchronous?: 'full' | 'normal';
+  /**
+   * 0: a group commit takes everything that arrived in the current event-loop turn (no added
+   * latency; under load the fsync itself lets the next group grow). >0: wait up to this long.
+   */
+  readonly groupCommitMaxDelayMs?: number;
+  /** Flush a group at once when it holds this many rows. */
+  readonly groupCommitMaxRows?: number;
+}
+
+interface Pending {
+  readonly unit: CommitUnit;
+  readonly resolve: (result: CommitResult) => void;
+  readonly reject: (err: Error) => void;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+-- One row per accepted message: the durable record that makes a retransmit (same sender,
+-- same MSH-10) get the same answer without storing its readings twice.
+CREATE TABLE IF NOT EXISTS messages (
+  id INTEGER PRIMARY KEY,
+  received INTEGER NOT NULL,
+  source TEXT NOT NULL,
+  sender TEXT NOT NULL,
+  control_id TEXT NOT NULL,
+  observations INTEGER NOT NULL,
+  UNIQUE (sender, control_id)
+);
+CREATE TABLE IF NOT EXISTS observations (
+  id INTEGER PRIMARY KEY,
+  time INTEGER NOT NULL,
+  tz INTEGER NOT NULL,
+  device TEXT NOT NULL,
+  code INTEGER,
+  system TEXT NOT NULL,
+  vendor_code TEXT NOT NULL,
+  metric TEXT NOT NULL,
+  value REAL,
+  text TEXT,
+  unit TEXT NOT NULL,
+  loinc TEXT,
+  flags INTEGER NOT NULL,
+  containment TEXT NOT NULL,
+  patient_system TEXT,
+  patient_value TEXT,
+  location TEXT,
+  message_id INTEGER,
+  received INTEGER NOT NULL
+);
+-- The two read paths: one device's series, and everything in a time window.
+CREATE INDEX IF NOT EXISTS observations_device_time ON observations (device, time);
+CREATE INDEX IF NOT EXISTS observations_time ON observations (time);
+CREATE TABLE IF NOT EXISTS dead_letters (
+  id INTEGER PRIMARY KEY,
+  received INTEGER NOT NULL,
+  source TEXT NOT NULL,
+  code TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  location TEXT NOT NULL,
+  control_id TEXT,
+  raw BLOB NOT NULL
+);
+`;
+
+/**
+ * The embedded store and the gateway's commit point. `commit()` resolves only after the
+ * readings are in a committed SQLite transaction (WAL, fsync per group when synchronous=full),
+ * so a driver that ACKs after it resolves never ACKs a reading a crash could lose.
+ *
+ * Group commit: commits that arrive close together share one transaction and one fsync, which
+ * keeps ACK latency low under load from many connections. Units are applied in arrival order,
+ * and each resolves with its own result.
+ */
+export class SqliteStore implements Store {
+  private readonly db: Database.Database;
+  private readonly maxDelayMs: number;
+  private readonly maxRows: number;
+  private pending: Pending[] = [];
+  private pendingRows = 0;
+  private flushScheduled = false;
+  private closed = false;
+  private readonly pseudonymKey: Buffer;
+  private readonly statements;
+  private readonly applyGroup: (group: Pending[]) => CommitResult[];
+
+  constructor(options: SqliteStoreOptions) {
+    if (options.file !== ':memory:') mkdirSync(dirname(options.file), { recursive: true });
+    this.db = new Database(options.file);
+    // WAL: readers (the API) never block the writer; one fsync per commit of the log.
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma(`synchronous = ${options.synchronous === 'normal' ? 'NORMAL' : 'FULL'}`);
+    // A concurrent reader process (mdi inspect of a live store, backups) must not fail writes.
+    this.db.pragma('busy_timeout = 5000');
+    this.db.exec(SCHEMA);
+    this.maxDelayMs = options.groupCommitMaxDelayMs ?? 0;
+    this.maxRows = options.groupCommitMaxRows ?? 20_000;
+    this.pseudonymKey = this.loadPseudonymKey();
+
+    const db = this.db;
+    this.statements = {
+      insertMessage: db.prepare(
+        'INSERT OR IGNORE INTO messages (received, source, sender, control_id, observations) VALUES (?, ?, ?, ?, ?)',
+      ),
+      insertObservation: db.prepare(
+        `INSERT INTO observations (time, tz, device, code, system, vendor_code, metric, value, text, unit, loinc,
+           flags, containment, patient_system, patient_value, location, message_id, received)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      ),
+      insertDeadLetter: db.prepare(
+        'INSERT INTO dead_letters (received, source, code, reason, location, control_id, raw) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      ),
+      deadLetterRaw: db.prepare('SELECT raw FROM dead_letters WHERE id = ?').pluck(),
+      countObservations: db.prepare('SELECT count(*) FROM observations').pluck(),
+      countDeadLetters: db.prepare('SELECT count(*) FROM dead_letters').pluck(),
+      messageByControlId: db.prepare(
+        'SELECT id, observations FROM messages WHERE sender = ? AND control_id = ?',
+      ),
+    };
+    this.applyGroup = this.db.transaction((group: Pending[]) => group.map((p) => this.applyUnit(p.unit)));
+  }
+
+  commit(unit: CommitUnit): Promise<CommitResult> {
+    if (this.closed) return Promise.reject(new GatewayError(ErrorCode.STORE_CLOSED, 'the store is closed'));
+    return new Promise<CommitResult>((resolve, reject) => {
+      this.pending.push({ unit, resolve, reject });
+      this.pendingRows += unit.observations.length + unit.deadLetters.length + 1;
+      if (this.pendingRows >= this.maxRows) {
+        this.flush();
+      } else if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        if (this.maxDelayMs > 0) setTimeout(() => this.flush(), this.maxDelayMs);
+        else setImmediate(() => this.flush());
+      }
+    });
+  }
+
+  /** Commits everything pending now, in one transaction. */
+  flush(): void {
+    this.flushScheduled = false;
+    const group = this.pending;
+    if (group.length === 0) return;
+    this.pending = [];
+    this.pendingRows = 0;
+    let results: CommitResult[];
+    try {
+      results = this.applyGroup(group);
+    } catch (err) {
+      // Nothing of the group was committed (the transaction rolled back): every caller must
+      // answer "not stored" (MLLP AE) so the sender keeps the message and retries.
+      const failure = new GatewayError(ErrorCode.STORE_FAILED, `store write failed: ${(err as Error).message}`, {
+        cause: err,
+      });
+      for (const p of group) p.reject(failure);
+      return;
+    }
+    for (let i = 0; i < group.length; i++) group[i]!.resolve(results[i]!);
+  }
+
+  private applyUnit(unit: CommitUnit): CommitResult {
+    const s = this.statements;
+    const received = unit.received;
+    let messageId: number | bigint | null = null;
+    if (unit.message !== null) {
+      const info = s.insertMessage.run(
+        received,
+        unit.source,
+        unit.message.sender,
+        unit.message.controlId,
+        unit.observations.length,
+      );
+      if (info.changes === 0) {
+        const previous = s.messageByControlId.get(unit.message.sender, unit.message.controlId) as
+          | { observations: number }
+          | undefined;
+        return { stored: 0, deadLetters: 0, duplicate: true, previouslyStored: previous?.observations ?? 0 };
+      }
+      messageId = info.lastInsertRowid;
+    }
+    const insert = s.insertObservation;
+    for (const o of unit.observations) {
+      insert.run(
+        o.time,
+        o.tzOffset,
+        o.deviceId,
+        o.code,
+        o.system,
+        o.vendorCode,
+        o.metric,
+        Number.isNaN(o.value) ? null : o.value,
+        o.text,
+        o.unit,
+        o.loinc,
+        o.flags,
+        o.containment,
+        o.patient?.system ?? null,
+        o.patient?.value ?? null,
+        o.location,
+        messageId,
+        received,
+      );
+    }
+    for (const d of unit.deadLetters) {
+      s.insertDeadLetter.run(received, unit.source, d.code, d.reason, d.location, d.controlId, Buffer.from(d.raw));
+    }
+    return { stored: unit.observations.length, deadLetters: unit.deadLetters.length, duplicate: false, previouslyStored: 0 };
+  }
+
+  queryObservations(q: ObservationQuery): StoredObservation[] {
+    const where: string[] = [];
+    const params: (string | number)[] = [];
+    if (q.device !== undefined) {
+      where.push('device = ?');
+      params.push(q.device);
+    }
+    if (q.metric !== undefined) {
+      if (/^\d+$/.test(q.metric)) {
+        where.push('code = ?');
+        params.push(Number(q.metric));
+      } else {
+        where.push('metric = ?');
+        params.push(q.metric);
+      }
+    }
+    if (q.since !== undefined) {
+      where.push('time >= ?');
+      params.push(q.since);
+    }
+    if (q.until !== undefined) {
+      where.push('time < ?');
+      params.push(q.until);
+    }
+    const order = q.order === 'asc' ? 'ASC' : 'DESC';
+    const sql = `SELECT * FROM observations ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+      ORDER BY time ${order}, id ${order} LIMIT ?`;
+    params.push(q.limit);
+    const rows = this.db.prepare(sql).all(...params) as ObservationRow[];
+    return rows.map(toStoredObservation);
+  }
+
+  listDeadLetters(q: DeadLetterQuery): DeadLetter[] {
+    const where: string[] = [];
+    const params: (string | number)[] = [];
+    if (q.since !== undefined) {
+      where.push('received >= ?');
+      params.push(q.since);
+    }
+    if (q.code !== undefined) {
+      where.push('code = ?');
+      params.push(q.code);
+    }
+    params.push(q.limit);
+    const rows = this.db
+      .prepare(
+        `SELECT id, received, source, code, reason, location, control_id, length(raw) AS size FROM dead_letters
+         ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT ?`,
+      )
+      .all(...params) as DeadLetterRow[];
+    return rows.map((r) => ({
+      id: r.id,
+      received: r.received,
+      source: r.source,
+      code: r.code,
+      reason: r.reason,
+      location: r.location,
+      controlId: r.control_id,
+      size: r.size,
+    }));
+  }
+
+  deadLetterRaw(id: number): Buffer | null {
+    return (this.statements.deadLetterRaw.get(id) as Buffer | undefined) ?? null;
+  }
+
+  counts(): { observations: number; deadLetters: number } {
+    return {
+      observations: this.statements.countObservations.get() as number,
+      deadLetters: this.statements.countDeadLetters.get() as number,
+    };
+  }
+
+  /** Whether a message (sender + MSH-10) was committed, and with how many readings. */
+  messageCommitted(sender: string, controlId: string): { observations: number } | null {
+    return (this.statements.messageByControlId.get(sender, controlId) as { observations: number } | undefined) ?? null;
+  }
+
+  /**
+   * A stable pseudonym for a patient identifier (HMAC with a key kept in this store), so the
+   * API can show which readings belong together without ever showing a CPR number.
+   */
+  pseudonym(patient: PatientId): string {
+    return `pt-${createHmac('sha256', this.pseudonymKey).update(`${patient.system}|${patient.value}`).digest('hex').slice(0, 16)}`;
+  }
+
+  /** Deletes readings older than `before` (epoch ms) and dedupe records of the same age. */
+  prune(before: number): { observations: number; messages: number } {
+    const observations = this.db.prepare('DELETE FROM observations WHERE time < ?').run(before).changes;
+    const messages = this.db.prepare('DELETE FROM messages WHERE received < ?').run(before).changes;
+    return { observations, messages };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.flush();
+    this.closed = true;
+    this.db.close();
+  }
+
+  private loadPseudonymKey(): Buffer {
+    const row = this.db.prepare("SELECT value FROM meta WHERE key = 'pseudonym-key'").pluck().get() as Buffer | undefined;
+    if (row) return row;
+    const key = randomBytes(32);
+    this.db.prepare("INSERT INTO meta (key, value) VALUES ('pseudonym-key', ?)").run(key);
+    return key;
+  }
+}
+
+interface ObservationRow {
+  id: number;
+  time: number;
+  tz: number;
+  device: string;
+  code: number | null;
+  system: string;
+  vendor_code: string;
+  metric: string;
+  value: number | null;
+  text: string | null;
+  unit: string;
+  loinc: string | null;
+  flags: number;
+  containment: string;
+  patient_system: string | null;
+  patient_value: string | null;
+  location: string | null;
+  message_id: number | null;
+  received: number;
+}
+
+interface DeadLetterRow {
+  id: number;
+  received: number;
+  source: string;
+  code: string;
+  reason: string;
+  location: string;
+  control_id: string | null;
+  size: number;
+}
+
+function toStoredObservation(r: ObservationRow): StoredObservation {
+  const observation: Observation = {
+    time: r.time,
+    tzOffset: r.tz,
+    deviceId: r.device,
+    code: r.code,
+    system: r.system,
+    vendorCode: r.vendor_code,
+    metric: r.metric,
+    value: r.value ?? Number.NaN,
+    text: r.text,
+    unit: r.unit,
+    loinc: r.loinc,
+    flags: r.flags,
+    containment: r.containment,
+    patient: r.patient_system !== null && r.patient_value !== null ? { system: r.patient_system, value: r.patient_value } : null,
+    location: r.location,
+  };
+  return { id: r.id, received: r.received, observation };
+}
