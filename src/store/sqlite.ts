@@ -135,7 +135,7 @@ export class SqliteStore implements Store {
       countObservations: db.prepare('SELECT count(*) FROM observations').pluck(),
       countDeadLetters: db.prepare('SELECT count(*) FROM dead_letters').pluck(),
       messageByControlId: db.prepare(
-        'SELECT id, observations FROM messages WHERE sender = ? AND control_id = ?',
+        'SELECT observations FROM messages WHERE sender = ? AND control_id = ?',
       ),
     };
     this.applyGroup = this.db.transaction((group: Pending[]) => group.map((p) => this.applyUnit(p.unit)));

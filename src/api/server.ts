@@ -1,0 +1,116 @@
+import Fastify, { type FastifyInstance } from 'fastify';
+import { z } from 'zod';
+import { formatTime } from '../codec/hl7-time.js';
+import type { DriverStatus } from '../driver.js';
+import type { Logger } from '../log.js';
+import type { Store } from '../store/store.js';
+import { observationItem } from './observation-item.js';
+
+export interface ApiDeps {
+  readonly store: Store;
+  readonly log: Logger;
+  /** True once every part of the gateway has started; /health answers 503 before. */
+  readonly ready: () => boolean;
+  readonly drivers: () => DriverStatus[];
+  readonly counters: () => Record<string, number>;
+}
+
+/** A time given as ISO-8601 (with or without offset) or epoch milliseconds. */
+const TimeParam = z
+  .string()
+  .transform((text, ctx) => {
+    const ms = /^\d+$/.test(text) ? Number(text) : Date.parse(text);
+    if (!Number.isFinite(ms)) {
+      ctx.addIssue({ code: 'custom', message: 'must be an ISO-8601 time or epoch milliseconds' });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+const ObservationQuery = z.strictObject({
+  device: z.string().min(1).optional(),
+  metric: z.string().min(1).optional(),
+  since: TimeParam.optional(),
+  until: TimeParam.optional(),
+  limit: z.coerce.number().int().min(1).max(10_000).default(100),
+  order: z.enum(['asc', 'desc']).default('desc'),
+});
+
+const DeadLetterQuery = z.strictObject({
+  since: TimeParam.optional(),
+  code: z.string().min(1).optional(),
+  limit: z.coerce.number().int().min(1).max(10_000).default(100),
+});
+
+const IdParam = z.strictObject({ id: z.coerce.number().int().min(1) });
+
+/**
+ * The HTTP API (fastify). Read-only for now: health, observations, dead letters, status.
+ * Query strings are validated with zod; a bad one gets 400 naming the parameter.
+ */
+export function createApi(deps: ApiDeps): FastifyInstance {
+  const app = Fastify({ loggerInstance: deps.log.child({ component: 'api' }), disableRequestLogging: true });
+
+  app.setErrorHandler((err: Error & { statusCode?: number }, _req, reply) => {
+    const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500;
+    if (status >= 500) deps.log.error({ err }, 'api request failed');
+    void reply.code(status).send({ error: status >= 500 ? 'internal error' : err.message });
+  });
+
+  app.get('/health', async (_req, reply) => {
+    const ready = deps.ready();
+    return reply.code(ready ? 200 : 503).send({ status: ready ? 'ok' : 'starting' });
+  });
+
+  app.get('/api/status', async () => ({
+    drivers: deps.drivers(),
+    counters: deps.counters(),
+    store: deps.store.counts(),
+  }));
+
+  app.get('/api/observations', async (req, reply) => {
+    const q = ObservationQuery.safeParse(req.query);
+    if (!q.success) return reply.code(400).send({ error: describe(q.error) });
+    const rows = deps.store.queryObservations(q.data);
+    const pseudonym = deps.store.pseudonym.bind(deps.store);
+    return { items: rows.map((r) => observationItem(r.observation, pseudonym)) };
+  });
+
+  app.get('/api/dead-letters', async (req, reply) => {
+    const q = DeadLetterQuery.safeParse(req.query);
+    if (!q.success) return reply.code(400).send({ error: describe(q.error) });
+    const items = deps.store.listDeadLetters(q.data).map((d) => ({
+      id: d.id,
+      received: formatTime(d.received, 0),
+      source: d.source,
+      code: d.code,
+      reason: d.reason,
+      location: d.location,
+      controlId: d.controlId,
+      size: d.size,
+      raw: `/api/dead-letters/${d.id}/raw`,
+    }));
+    return { items };
+  });
+
+  // The exact bytes that were refused, for the engineer debugging a feed. Never logged.
+  app.get('/api/dead-letters/:id/raw', async (req, reply) => {
+    const p = IdParam.safeParse(req.params);
+    if (!p.success) return reply.code(400).send({ error: describe(p.error) });
+    const raw = deps.store.deadLetterRaw(p.data.id);
+    if (raw === null) return reply.code(404).send({ error: `no dead letter ${p.data.id}` });
+    return reply.type('application/octet-stream').send(raw);
+  });
+
+  return app;
+}
+
+function describe(error: z.ZodError): string {
+  return error.issues
+    .map((i) =>
+      i.code === 'unrecognized_keys'
+        ? `unknown parameter${i.keys.length > 1 ? 's' : ''} ${i.keys.join(', ')}`
+        : `${i.path.join('.') || 'query'}: ${i.message}`,
+    )
+    .join('; ');
+}

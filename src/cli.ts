@@ -1,0 +1,197 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { loadConfig } from './config/load.js';
+import { GatewayError } from './errors.js';
+import { PACKAGE_ROOT } from './paths.js';
+
+/**
+ * `mdi`: the command line. Each subcommand has its own `--help`. Exit codes: 0 success,
+ * 1 the work failed (input had problems, a run failed), 2 the command line or config is wrong.
+ */
+
+interface Command {
+  readonly summary: string;
+  readonly help: string;
+  readonly options: NonNullable<ParseArgsConfig['options']>;
+  readonly allowPositionals: boolean;
+  run(values: Record<string, unknown>, positionals: string[]): Promise<number>;
+}
+
+const CONFIG_HELP = `Configuration: a YAML file (--config), then MDI_* environment variables (MDI_HTTP_PORT,
+MDI_MLLP_PORT, MDI_DATA_DIR, MDI_LOG_LEVEL, …: the key path in upper snake case). Without a
+file the embedded defaults apply: SQLite store in ./data, MLLP on 2575, HTTP API on 8080.
+See mdi.example.yaml for every key with its default.`;
+
+const commands: Record<string, Command> = {
+  start: {
+    summary: 'run the gateway',
+    help: `Usage: mdi start [--config FILE]
+
+Runs the gateway: the MLLP listener for IHE PCD-01 (HL7 v2 ORU^R01), the SQLite store and the
+HTTP API (GET /health, /api/observations, /api/dead-letters, /api/status). Stops cleanly on
+SIGINT/SIGTERM: every message already received is committed and acknowledged first.
+
+Options:
+  -c, --config FILE   YAML configuration (validated at start; a bad key names itself)
+  -h, --help          this help
+
+${CONFIG_HELP}`,
+    options: { config: { type: 'string', short: 'c' } },
+    allowPositionals: false,
+    async run(values) {
+      const { runStart } = await import('./commands/start.js');
+      return runStart({ configFile: values.config as string | undefined });
+    },
+  },
+  'check-config': {
+    summary: 'validate a configuration file and print the result',
+    help: `Usage: mdi check-config [--config FILE]
+
+Validates the configuration (file, then MDI_* environment) exactly as 'mdi start' would and
+prints the effective settings as JSON. Exit code 2 and the offending key when it is invalid.
+
+Options:
+  -c, --config FILE   YAML configuration
+  -h, --help          this help
+
+${CONFIG_HELP}`,
+    options: { config: { type: 'string', short: 'c' } },
+    allowPositionals: false,
+    async run(values) {
+      const config = loadConfig({ file: values.config as string | undefined });
+      process.stdout.write(`${JSON.stringify(config, null, 2)}\n`);
+      return 0;
+    },
+  },
+  inspect: {
+    summary: 'decode PCD-01 messages from files or stdin and show the readings and problems',
+    help: `Usage: mdi inspect [FILE...] [--json] [--timezone ZONE]
+
+Decodes HL7 v2 IHE PCD-01 messages as people export them (one or many per file; segments
+ended by \\r, \\n or \\r\\n; MLLP-framed or not) and prints the normalized observations and
+every problem with its segment/field location (for example OBX[4]-5). Reads stdin when no
+file is given. Patient identity is never printed in clear.
+
+Options:
+  --json              one JSON object per line: observations (the same fields as an
+                      /api/observations item) and problems ({"problem": …})
+  --timezone ZONE     zone for times without a UTC offset (default Europe/Copenhagen)
+  -h, --help          this help
+
+Exit code 0 when every message decoded without problems, 1 when any had problems.`,
+    options: { json: { type: 'boolean' }, timezone: { type: 'string' } },
+    allowPositionals: true,
+    async run(values, positionals) {
+      const { runInspect } = await import('./commands/inspect.js');
+      return runInspect({
+        files: positionals,
+        json: values.json === true,
+        timezone: (values.timezone as string | undefined) ?? 'Europe/Copenhagen',
+      });
+    },
+  },
+  simulate: {
+    summary: 'play simulated devices against a gateway (pcd01)',
+    help: `Usage: mdi simulate pcd01 --to HOST:PORT [options]
+
+Plays patient monitors and infusion pumps that send IHE PCD-01 over MLLP, with plausible,
+slowly drifting values, and reports ACKs (AA/AE/AR), rate and ACK latency (p50/p95/p99).
+
+Options:
+  --to HOST:PORT      the gateway's MLLP listener (default 127.0.0.1:2575)
+  --devices N         simulated devices, one connection each (default 10)
+  --rate R            messages per second per device; 0 = as fast as ACKs allow (default 1)
+  --window W          unacknowledged messages per connection (default 1, like real devices)
+  --count C           stop after C messages in total
+  --duration S        stop after S seconds (default: until Ctrl-C when no --count)
+  --profile P         monitor | pump | mixed | obx20 (default mixed)
+  --faults LIST       comma list of faults to inject now and then: bad-value, garbage,
+                      truncated, oversize, wrong-charset, unknown-code
+  --fault-rate F      fraction of messages with a fault (default 0.01 when --faults is set)
+  --charset C         utf8 | latin1 (default utf8)
+  --seed S            seed for reproducible traffic
+  -h, --help          this help`,
+    options: {
+      to: { type: 'string' },
+      devices: { type: 'string' },
+      rate: { type: 'string' },
+      window: { type: 'string' },
+      count: { type: 'string' },
+      duration: { type: 'string' },
+      profile: { type: 'string' },
+      faults: { type: 'string' },
+      'fault-rate': { type: 'string' },
+      charset: { type: 'string' },
+      seed: { type: 'string' },
+    },
+    allowPositionals: true,
+    async run(values, positionals) {
+      const { runSimulate } = await import('./commands/simulate.js');
+      return runSimulate(positionals, values);
+    },
+  },
+};
+
+const MAIN_HELP = `mdi-gateway — Medical Device Integration gateway (IHE PCD-01/MLLP → IEEE 11073 / LOINC / UCUM)
+
+Usage: mdi <command> [options]
+
+Commands:
+${Object.entries(commands)
+  .map(([name, c]) => `  ${name.padEnd(14)}${c.summary}`)
+  .join('\n')}
+
+Run 'mdi <command> --help' for a command's options.
+  -h, --help       this help
+  -v, --version    the version`;
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
+    process.stdout.write(`${MAIN_HELP}\n`);
+    return name === undefined ? 2 : 0;
+  }
+  if (name === '-v' || name === '--version') {
+    const pkg = JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string };
+    process.stdout.write(`${pkg.version}\n`);
+    return 0;
+  }
+  const command = commands[name];
+  if (!command) {
+    process.stderr.write(`mdi: unknown command '${name}'\n\n${MAIN_HELP}\n`);
+    return 2;
+  }
+  let parsed: { values: Record<string, unknown>; positionals: string[] };
+  try {
+    parsed = parseArgs({
+      args: rest,
+      options: { ...command.options, help: { type: 'boolean', short: 'h' } },
+      allowPositionals: command.allowPositionals,
+      strict: true,
+    });
+  } catch (err) {
+    process.stderr.write(`mdi ${name}: ${(err as Error).message}\n\n${command.help}\n`);
+    return 2;
+  }
+  if (parsed.values.help) {
+    process.stdout.write(`${command.help}\n`);
+    return 0;
+  }
+  try {
+    return await command.run(parsed.values, parsed.positionals);
+  } catch (err) {
+    if (err instanceof GatewayError) {
+      process.stderr.write(`mdi ${name}: ${err.message} [${err.code}]\n`);
+      return 2;
+    }
+    if (err instanceof UsageError) {
+      process.stderr.write(`mdi ${name}: ${err.message}\n\n${command.help}\n`);
+      return 2;
+    }
+    throw err;
+  }
+}
+
+/** A command line that cannot be used; printed with the command's help, exit code 2. */
+export class UsageError extends Error {}

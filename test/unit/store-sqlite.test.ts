@@ -1,0 +1,112 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ErrorCode } from '../../src/errors.js';
+import type { Observation } from '../../src/model/observation.js';
+import { SqliteStore } from '../../src/store/sqlite.js';
+
+const obs = (over: Partial<Observation> = {}): Observation => ({
+  time: Date.UTC(2026, 10, 21, 9, 0, 0),
+  tzOffset: 60,
+  deviceId: 'DEV1',
+  code: 147842,
+  system: 'MDC',
+  vendorCode: '147842',
+  metric: 'MDC_ECG_HEART_RATE',
+  value: 80,
+  text: null,
+  unit: '/min',
+  loinc: '8867-4',
+  flags: 0,
+  containment: '1.1.1.1',
+  patient: { system: 'urn:oid:1.2.208.176.1.2', value: '0101901234' },
+  location: 'ICU/1/1',
+  ...over,
+});
+
+const stores: SqliteStore[] = [];
+function open(file = join(mkdtempSync(join(tmpdir(), 'mdi-store-')), 'mdi.sqlite')) {
+  const store = new SqliteStore({ file });
+  stores.push(store);
+  return { store, file };
+}
+afterEach(async () => {
+  for (const s of stores.splice(0)) await s.close();
+});
+
+describe('SqliteStore', () => {
+  it('commits observations and dead letters and reads them back', async () => {
+    const { store } = open();
+    const result = await store.commit({
+      received: 1,
+      source: 'test',
+      message: { sender: 'A', controlId: 'M1' },
+      observations: [obs(), obs({ metric: 'MDC_PULS_OXIM_SAT_O2', code: 150456, value: Number.NaN, text: 'x' })],
+      deadLetters: [{ code: ErrorCode.HL7_BAD_VALUE, reason: 'NM value is not a number', location: 'OBX[3]-5', controlId: 'M1', raw: Buffer.from('OBX|3|NM|…|abc') }],
+    });
+    expect(result).toEqual({ stored: 2, deadLetters: 1, duplicate: false, previouslyStored: 0 });
+    const rows = store.queryObservations({ limit: 10, order: 'asc' });
+    expect(rows).toHaveLength(2);
+    expect(rows[0]!.observation).toEqual(obs());
+    expect(rows[1]!.observation.value).toBeNaN();
+    const [dl] = store.listDeadLetters({ limit: 10 });
+    expect(dl).toMatchObject({ code: ErrorCode.HL7_BAD_VALUE, location: 'OBX[3]-5', controlId: 'M1', size: 16 });
+    expect(store.deadLetterRaw(dl!.id)!.toString()).toBe('OBX|3|NM|…|abc');
+  });
+
+  it('stores a retransmitted message once and says it was a duplicate', async () => {
+    const { store } = open();
+    const unit = { received: 1, source: 's', message: { sender: 'A', controlId: 'M1' }, observations: [obs()], deadLetters: [] };
+    const [a, b] = await Promise.all([store.commit(unit), store.commit(unit)]);
+    expect(a.duplicate).toBe(false);
+    expect(b).toEqual({ stored: 0, deadLetters: 0, duplicate: true, previouslyStored: 1 });
+    expect(store.counts().observations).toBe(1);
+    expect((await store.commit({ ...unit, message: { sender: 'B', controlId: 'M1' } })).duplicate).toBe(false);
+  });
+
+  it('groups concurrent commits into one transaction and keeps them durable across reopen', async () => {
+    const { store, file } = open();
+    const commits = Array.from({ length: 200 }, (_, i) =>
+      store.commit({ received: i, source: 's', message: { sender: 'A', controlId: `M${i}` }, observations: [obs({ time: i })], deadLetters: [] }),
+    );
+    const results = await Promise.all(commits);
+    expect(results.every((r) => r.stored === 1)).toBe(true);
+    await store.close();
+    const { store: again } = open(file);
+    expect(again.counts().observations).toBe(200);
+    expect(again.messageCommitted('A', 'M199')).toEqual({ observations: 1 });
+  });
+
+  it('filters by device, metric (refid or code) and time window', async () => {
+    const { store } = open();
+    await store.commit({
+      received: 1,
+      source: 's',
+      message: null,
+      observations: [obs({ time: 1000 }), obs({ time: 2000, deviceId: 'DEV2' }), obs({ time: 3000, code: 150456, metric: 'MDC_PULS_OXIM_SAT_O2' })],
+      deadLetters: [],
+    });
+    expect(store.queryObservations({ device: 'DEV2', limit: 10 }).map((r) => r.observation.time)).toEqual([2000]);
+    expect(store.queryObservations({ metric: '150456', limit: 10 }).map((r) => r.observation.time)).toEqual([3000]);
+    expect(store.queryObservations({ metric: 'MDC_ECG_HEART_RATE', limit: 10 }).map((r) => r.observation.time)).toEqual([2000, 1000]);
+    expect(store.queryObservations({ since: 1500, until: 3000, limit: 10 }).map((r) => r.observation.time)).toEqual([2000]);
+    expect(store.queryObservations({ limit: 1, order: 'asc' }).map((r) => r.observation.time)).toEqual([1000]);
+  });
+
+  it('gives stable pseudonyms that do not reveal the CPR number', () => {
+    const { store } = open();
+    const p = { system: 'urn:oid:1.2.208.176.1.2', value: '0101901234' };
+    expect(store.pseudonym(p)).toBe(store.pseudonym({ ...p }));
+    expect(store.pseudonym(p)).toMatch(/^pt-[0-9a-f]{16}$/);
+    expect(store.pseudonym(p)).not.toBe(store.pseudonym({ ...p, value: '0101901235' }));
+  });
+
+  it('refuses commits after close with a clear code', async () => {
+    const { store } = open();
+    await store.close();
+    await expect(store.commit({ received: 1, source: 's', message: null, observations: [], deadLetters: [] })).rejects.toMatchObject({
+      code: ErrorCode.STORE_CLOSED,
+    });
+  });
+});
