@@ -1,4 +1,4 @@
-import { formatTime } from '../codec/hl7-time.js';
+import { formatIsoTime } from '../codec/hl7-time.js';
 import { qualityNames, type PatientId, type QualityFlag } from '../model/measurement.js';
 import type { Observation } from '../model/observation.js';
 
@@ -25,7 +25,7 @@ export interface ObservationItem {
 
 export function observationItem(o: Observation, pseudonym: (p: PatientId) => string): ObservationItem {
   return {
-    time: formatTime(o.time, o.tzOffset),
+    time: formatIsoTime(o.time, o.tzOffset),
     device: o.deviceId,
     code: o.code,
     metric: o.metric,

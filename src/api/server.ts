@@ -1,6 +1,6 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import { z } from 'zod';
-import { formatTime } from '../codec/hl7-time.js';
+import { formatIsoTime } from '../codec/hl7-time.js';
 import type { DriverStatus } from '../driver.js';
 import type { Logger } from '../log.js';
 import type { Store } from '../store/store.js';
@@ -81,7 +81,7 @@ export function createApi(deps: ApiDeps): FastifyInstance {
     if (!q.success) return reply.code(400).send({ error: describe(q.error) });
     const items = deps.store.listDeadLetters(q.data).map((d) => ({
       id: d.id,
-      received: formatTime(d.received, 0),
+      received: formatIsoTime(d.received, 0),
       source: d.source,
       code: d.code,
       reason: d.reason,

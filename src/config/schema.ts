@@ -56,8 +56,11 @@ export const StoreConfig = z.strictObject({
        * `normal` survives a crash of the gateway process but not of the machine.
        */
       synchronous: z.enum(['full', 'normal']).default('full'),
-      /** Longest a reading waits for its group commit (ms). Bounds ACK latency. */
-      groupCommitMaxDelayMs: z.number().int().min(0).max(1000).default(2),
+      /**
+       * 0: a group commit takes what arrived in the current event-loop turn (no added latency;
+       * under load the fsync itself lets the next group grow). >0: wait up to this long (ms).
+       */
+      groupCommitMaxDelayMs: z.number().int().min(0).max(1000).default(0),
       /** Rows per group commit before it is flushed at once. */
       groupCommitMaxRows: z.number().int().min(1).max(1_000_000).default(20_000),
       /** Readings older than this are deleted from the local store; 0 keeps everything. */

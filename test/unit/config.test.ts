@@ -93,3 +93,11 @@ fhir: { embeddedEpj: { port: 18090 } }
     expect(names).toContain('MDI_STORE_SQLITE_SYNCHRONOUS');
   });
 });
+
+describe('mdi.example.yaml', () => {
+  it('is valid and documents exactly the defaults', async () => {
+    const { PACKAGE_ROOT } = await import('../../src/paths.js');
+    const fromExample = loadConfig({ file: join(PACKAGE_ROOT, 'mdi.example.yaml'), env: {} });
+    expect(fromExample).toEqual(loadConfig({ env: {} }));
+  });
+});
