@@ -1,4 +1,4 @@
-import { createHmac, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
@@ -6,6 +6,7 @@ import { ErrorCode, GatewayError } from '../errors.js';
 import type { DeadLetter, DeadLetterInput } from '../model/dead-letter.js';
 import type { PatientId } from '../model/measurement.js';
 import type { Observation } from '../model/observation.js';
+import { pseudonym } from '../pseudonym.js';
 import type {
   CommitResult,
   CommitUnit,
@@ -72,6 +73,9 @@ CREATE TABLE IF NOT EXISTS observations (
 -- The two read paths: one device's series, and everything in a time window.
 CREATE INDEX IF NOT EXISTS observations_device_time ON observations (device, time);
 CREATE INDEX IF NOT EXISTS observations_time ON observations (time);
+-- Each downstream feeder (FHIR outbox, InfluxDB) reads observations in id order from its own
+-- cursor, so it catches up after any outage without the ingest path waiting for it.
+CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS dead_letters (
   id INTEGER PRIMARY KEY,
   received INTEGER NOT NULL,
@@ -134,6 +138,11 @@ export class SqliteStore implements Store {
       deadLetterRaw: db.prepare('SELECT raw FROM dead_letters WHERE id = ?').pluck(),
       countObservations: db.prepare('SELECT count(*) FROM observations').pluck(),
       countDeadLetters: db.prepare('SELECT count(*) FROM dead_letters').pluck(),
+      observationsAfter: db.prepare('SELECT * FROM observations WHERE id > ? ORDER BY id LIMIT ?'),
+      getCursor: db.prepare('SELECT position FROM cursors WHERE name = ?').pluck(),
+      setCursor: db.prepare(
+        'INSERT INTO cursors (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position',
+      ),
       messageByControlId: db.prepare(
         'SELECT observations FROM messages WHERE sender = ? AND control_id = ?',
       ),
@@ -289,6 +298,29 @@ export class SqliteStore implements Store {
     }));
   }
 
+  /** Observations with id > `afterId`, in id (commit) order: a feeder's next batch. */
+  observationsAfter(afterId: number, limit: number): StoredObservation[] {
+    return (this.statements.observationsAfter.all(afterId, limit) as ObservationRow[]).map(toStoredObservation);
+  }
+
+  /** A feeder's position (the last observation id it has finished with); 0 when new. */
+  cursor(name: string): number {
+    return (this.statements.getCursor.get(name) as number | undefined) ?? 0;
+  }
+
+  /** Moves a feeder's cursor; durable once this returns (its own small transaction). */
+  setCursor(name: string, position: number): void {
+    this.statements.setCursor.run(name, position);
+  }
+
+  /**
+   * The underlying database, for parts that keep their own tables next to the readings (the
+   * FHIR outbox) so their state commits in the same file. Not for writing observations.
+   */
+  database(): Database.Database {
+    return this.db;
+  }
+
   deadLetterRaw(id: number): Buffer | null {
     return (this.statements.deadLetterRaw.get(id) as Buffer | undefined) ?? null;
   }
@@ -305,12 +337,9 @@ export class SqliteStore implements Store {
     return (this.statements.messageByControlId.get(sender, controlId) as { observations: number } | undefined) ?? null;
   }
 
-  /**
-   * A stable pseudonym for a patient identifier (HMAC with a key kept in this store), so the
-   * API can show which readings belong together without ever showing a CPR number.
-   */
+  /** The patient's pseudonym under this store's key (kept in the store, made at first start). */
   pseudonym(patient: PatientId): string {
-    return `pt-${createHmac('sha256', this.pseudonymKey).update(`${patient.system}|${patient.value}`).digest('hex').slice(0, 16)}`;
+    return pseudonym(this.pseudonymKey, patient);
   }
 
   /** Deletes readings older than `before` (epoch ms) and dedupe records of the same age. */

@@ -60,6 +60,9 @@ export interface Store {
   listDeadLetters(query: DeadLetterQuery): DeadLetter[];
   deadLetterRaw(id: number): Buffer | null;
   counts(): { observations: number; deadLetters: number };
+  observationsAfter(afterId: number, limit: number): StoredObservation[];
+  cursor(name: string): number;
+  setCursor(name: string, position: number): void;
   pseudonym(patient: PatientId): string;
   close(): Promise<void>;
 }

@@ -110,3 +110,18 @@ describe('SqliteStore', () => {
     });
   });
 });
+
+describe('SqliteStore feeder cursors', () => {
+  it('hands out observations in commit order after a durable cursor', async () => {
+    const { store, file } = open();
+    await store.commit({ received: 1, source: 's', message: null, observations: [obs({ time: 3 }), obs({ time: 1 }), obs({ time: 2 })], deadLetters: [] });
+    expect(store.cursor('fhir')).toBe(0);
+    const first = store.observationsAfter(0, 2);
+    expect(first.map((r) => r.observation.time)).toEqual([3, 1]);
+    store.setCursor('fhir', first[1]!.id);
+    await store.close();
+    const { store: again } = open(file);
+    expect(again.observationsAfter(again.cursor('fhir'), 10).map((r) => r.observation.time)).toEqual([2]);
+    expect(again.cursor('influx')).toBe(0);
+  });
+});
