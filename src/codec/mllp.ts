@@ -113,11 +113,12 @@ export interface MllpDecoderOptions {
   /**
    * Receives each complete message (frame content without VT/FS/CR). Called synchronously from
    * `push()`/`end()`. The buffer may be a view into a pushed chunk (zero-copy): copy it if you
-   * keep it after returning and the chunk's owner reuses its memory. Must not throw: an
-   * exception propagates out of `push()` and the rest of that chunk is not decoded.
+   * keep it after returning and the chunk's owner reuses its memory. Should not throw; if it
+   * does, the decoder still decodes the whole chunk (it never loses its place in the stream)
+   * and then rethrows the first exception from `push()`/`end()`.
    */
   readonly onFrame: (message: Buffer) => void;
-  /** Receives framing errors (same calling rules as `onFrame`). */
+  /** Receives framing errors (same rules as `onFrame`). */
   readonly onError: (error: MllpError) => void;
   /** Largest accepted message in bytes (content without framing). Default 1 MiB. */
   readonly maxMessageBytes?: number;
@@ -166,7 +167,9 @@ type State = typeof OUTSIDE | typeof IN_FRAME | typeof AFTER_END_BLOCK;
  * began in them is incomplete, so a caller must not modify a chunk after pushing it (the usual
  * Node stream contract; socket chunks are never reused).
  *
- * Not re-entrant: do not call `push()` or `end()` from inside `onFrame`/`onError`.
+ * Not re-entrant: do not call `push()` or `end()` from inside `onFrame`/`onError`. A handler
+ * that throws does not derail decoding: the chunk is decoded to its end, then the first
+ * exception is rethrown.
  */
 export class MllpDecoder {
   readonly #onFrame: (message: Buffer) => void;
@@ -205,6 +208,9 @@ export class MllpDecoder {
   #garbageLength = 0;
   /** Scratch copy of the current garbage piece; allocated on first garbage. */
   #garbage: Buffer | null = null;
+
+  /** The first exception a handler threw during the current `push()`/`end()`, rethrown at its end. */
+  #thrown: { error: unknown } | null = null;
 
   // Counters (mutable here; `counters` hands out a snapshot).
   #bytesIn = 0;
@@ -348,6 +354,7 @@ export class MllpDecoder {
       }
     }
     this.#base += len;
+    this.#rethrow();
   }
 
   /**
@@ -372,6 +379,15 @@ export class MllpDecoder {
     this.#inGarbage = false;
     this.#garbageLength = 0;
     this.#base = 0;
+    this.#rethrow();
+  }
+
+  /** Rethrows what a handler threw, once the decoder's state is complete and consistent. */
+  #rethrow(): void {
+    const thrown = this.#thrown;
+    if (thrown === null) return;
+    this.#thrown = null;
+    throw thrown.error;
   }
 
   // ── frames ────────────────────────────────────────────────────────────────
@@ -410,7 +426,11 @@ export class MllpDecoder {
     if (message === null) return;
     this.#frames++;
     this.#frameBytes += message.length;
-    this.#onFrame(message);
+    try {
+      this.#onFrame(message);
+    } catch (error) {
+      this.#thrown ??= { error };
+    }
   }
 
   /** The frame passed `maxMessageBytes`: keep a copy of its first bytes, drop the rest. */
@@ -527,7 +547,7 @@ export class MllpDecoder {
   ): void {
     this.#errors[code]++;
     this.#discardedBytes += length;
-    this.#onError({
+    const error: MllpError = {
       code,
       message,
       location: `bytes ${offset}-${offset + length}`,
@@ -539,7 +559,12 @@ export class MllpDecoder {
       offset,
       length,
       head,
-    });
+    };
+    try {
+      this.#onError(error);
+    } catch (thrown) {
+      this.#thrown ??= { error: thrown };
+    }
   }
 }
 

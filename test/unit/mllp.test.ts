@@ -128,6 +128,26 @@ describe('MllpDecoder: frames', () => {
     expect(frames[0]).toEqual(all);
   });
 
+  it('keeps its place when a handler throws: the chunk is decoded to its end, then the first exception is rethrown', () => {
+    const seen: string[] = [];
+    const decoder = new MllpDecoder({
+      onFrame: (m) => {
+        seen.push(m.toString());
+        if (seen.length <= 2) throw new Error(`handler failed on ${seen.length}`);
+      },
+      onError: () => {
+        throw new Error('error handler failed');
+      },
+    });
+    expect(() => decoder.push(Buffer.from(frame(MSG_A) + frame(MSG_B) + `${VT}${MSG_A.slice(0, 9)}`))).toThrow('handler failed on 1');
+    expect(seen).toEqual([MSG_A, MSG_B]);
+    expect(() => decoder.push(Buffer.from(`${MSG_A.slice(9)}${FS}${CR}`))).not.toThrow();
+    expect(seen).toEqual([MSG_A, MSG_B, MSG_A]);
+    expect(() => decoder.push(Buffer.from('junk'))).not.toThrow();
+    expect(() => decoder.end()).toThrow('error handler failed');
+    expect(decoder.counters).toMatchObject({ frames: 3, bytesIn: expect.any(Number) as number });
+  });
+
   it('ignores an empty chunk', () => {
     const { decoder, events } = recorder();
     decoder.push(Buffer.alloc(0));
