@@ -12,6 +12,8 @@ import { PACKAGE_ROOT } from './paths.js';
 
 interface Command {
   readonly summary: string;
+  /** The command parses its own arguments (and prints its own --help). */
+  readonly passthrough?: (argv: string[]) => Promise<number>;
   readonly help: string;
   readonly options: NonNullable<ParseArgsConfig['options']>;
   readonly allowPositionals: boolean;
@@ -133,6 +135,18 @@ Options:
   },
 };
 
+commands.epj = {
+  summary: 'run the EPJ stand-in: a validating FHIR R4 server with fault injection',
+  help: '',
+  options: {},
+  allowPositionals: false,
+  passthrough: async (argv) => {
+    const { runEpjCli } = await import('../simulators/epj/index.js');
+    return runEpjCli(argv);
+  },
+  run: async () => 2,
+};
+
 const MAIN_HELP = `mdi-gateway — Medical Device Integration gateway (IHE PCD-01/MLLP → IEEE 11073 / LOINC / UCUM)
 
 Usage: mdi <command> [options]
@@ -162,6 +176,7 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`mdi: unknown command '${name}'\n\n${MAIN_HELP}\n`);
     return 2;
   }
+  if (command.passthrough) return command.passthrough(rest);
   let parsed: { values: Record<string, unknown>; positionals: string[] };
   try {
     parsed = parseArgs({

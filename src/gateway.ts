@@ -1,6 +1,5 @@
 import { join, resolve } from 'node:path';
-import type { FastifyInstance } from 'fastify';
-import { createApi } from './api/server.js';
+import { createApi, type Api } from './api/server.js';
 import type { Config } from './config/schema.js';
 import type { Driver } from './driver.js';
 import { driverFactories } from './drivers.js';
@@ -28,7 +27,7 @@ const DAY_MS = 24 * HOUR_MS;
  */
 export class Gateway {
   private store: SqliteStore | null = null;
-  private api: FastifyInstance | null = null;
+  private api: Api | null = null;
   private drivers: Driver[] = [];
   private ingest: Ingest | null = null;
   private ready = false;

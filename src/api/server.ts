@@ -1,4 +1,4 @@
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify from 'fastify';
 import { z } from 'zod';
 import { formatIsoTime } from '../codec/hl7-time.js';
 import type { DriverStatus } from '../driver.js';
@@ -48,7 +48,7 @@ const IdParam = z.strictObject({ id: z.coerce.number().int().min(1) });
  * The HTTP API (fastify). Read-only for now: health, observations, dead letters, status.
  * Query strings are validated with zod; a bad one gets 400 naming the parameter.
  */
-export function createApi(deps: ApiDeps): FastifyInstance {
+export function createApi(deps: ApiDeps) {
   const app = Fastify({ loggerInstance: deps.log.child({ component: 'api' }), disableRequestLogging: true });
 
   app.setErrorHandler((err: Error & { statusCode?: number }, _req, reply) => {
@@ -114,3 +114,5 @@ function describe(error: z.ZodError): string {
     )
     .join('; ');
 }
+
+export type Api = ReturnType<typeof createApi>;

@@ -1,0 +1,74 @@
+import {
+  formatPcd01Report,
+  parseFaultList,
+  PCD01_PROFILES,
+  PCD01_SIMULATION_DEFAULTS,
+  runPcd01Simulation,
+  type Pcd01Charset,
+  type Pcd01Profile,
+} from '../../simulators/pcd01.js';
+import { UsageError } from '../cli.js';
+
+/** `mdi simulate <kind>`: plays simulated devices against a running gateway. */
+export async function runSimulate(positionals: string[], values: Record<string, unknown>): Promise<number> {
+  const [kind, ...extra] = positionals;
+  if (kind !== 'pcd01') throw new UsageError(kind ? `unknown simulator '${kind}' (available: pcd01)` : 'name a simulator: pcd01');
+  if (extra.length > 0) throw new UsageError(`unexpected argument '${extra[0]}'`);
+
+  const to = (values.to as string | undefined) ?? `${PCD01_SIMULATION_DEFAULTS.host}:${PCD01_SIMULATION_DEFAULTS.port}`;
+  const match = /^(.*):(\d+)$/.exec(to);
+  if (!match) throw new UsageError(`--to must be HOST:PORT, got '${to}'`);
+  const profile = (values.profile as string | undefined) ?? PCD01_SIMULATION_DEFAULTS.profile;
+  if (!PCD01_PROFILES.includes(profile as Pcd01Profile)) {
+    throw new UsageError(`--profile must be one of ${PCD01_PROFILES.join(', ')}, got '${profile}'`);
+  }
+  const charset = (values.charset as string | undefined) ?? PCD01_SIMULATION_DEFAULTS.charset;
+  if (charset !== 'utf8' && charset !== 'latin1') throw new UsageError(`--charset must be utf8 or latin1, got '${charset}'`);
+  let faults;
+  try {
+    faults = values.faults === undefined ? undefined : parseFaultList(values.faults as string);
+  } catch (err) {
+    throw new UsageError(`--faults: ${(err as Error).message}`);
+  }
+
+  const controller = new AbortController();
+  const onSignal = () => controller.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const durationS = number(values.duration, '--duration');
+  const count = number(values.count, '--count');
+  try {
+    const report = await runPcd01Simulation({
+      host: match[1] === '' ? '127.0.0.1' : match[1]!.replace(/^\[|\]$/g, ''),
+      port: Number(match[2]),
+      devices: number(values.devices, '--devices'),
+      rate: number(values.rate, '--rate'),
+      window: number(values.window, '--window'),
+      count,
+      durationMs: durationS === undefined ? undefined : durationS * 1000,
+      profile: profile as Pcd01Profile,
+      charset: charset as Pcd01Charset,
+      faults,
+      faultRate: number(values['fault-rate'], '--fault-rate'),
+      seed: number(values.seed, '--seed'),
+      signal: controller.signal,
+      onProgress: (r) => process.stderr.write(`\r${r.sent} sent, ${r.aa} AA, ${r.ae} AE, ${r.ar} AR, ${r.msgsPerSecond.toFixed(0)} msgs/s   `),
+    });
+    process.stderr.write('\n');
+    process.stdout.write(`${formatPcd01Report(report)}\n`);
+    return report.timeouts > 0 || report.errors > 0 || report.unacknowledged > 0 ? 1 : 0;
+  } catch (err) {
+    if (err instanceof RangeError) throw new UsageError(err.message);
+    throw err;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+function number(value: unknown, flag: string): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isFinite(n)) throw new UsageError(`${flag} must be a number, got '${String(value)}'`);
+  return n;
+}

@@ -1,0 +1,43 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseConfig } from '../../src/config/load.js';
+import type { ConfigInput } from '../../src/config/schema.js';
+import { Gateway, type GatewayAddresses } from '../../src/gateway.js';
+import { silentLogger } from '../../src/log.js';
+
+export interface TestGateway {
+  gateway: Gateway;
+  addresses: GatewayAddresses;
+  dataDir: string;
+  mllpPort: number;
+  httpUrl: string;
+  stop(): Promise<void>;
+}
+
+/** A gateway on free ports (0) and a fresh temp data folder. */
+export async function startTestGateway(overrides: ConfigInput = {}): Promise<TestGateway> {
+  const dataDir = mkdtempSync(join(tmpdir(), 'mdi-gw-'));
+  const config = parseConfig({
+    dataDir,
+    ...overrides,
+    http: { port: 0, host: '127.0.0.1', ...overrides.http },
+    mllp: { port: 0, host: '127.0.0.1', ...overrides.mllp },
+    log: { level: 'silent' },
+  });
+  const gateway = new Gateway(config, silentLogger());
+  const addresses = await gateway.start();
+  return {
+    gateway,
+    addresses,
+    dataDir,
+    mllpPort: addresses.mllp!.port,
+    httpUrl: `http://127.0.0.1:${addresses.http.port}`,
+    stop: () => gateway.stop(),
+  };
+}
+
+export async function getJson<T = unknown>(url: string): Promise<{ status: number; body: T }> {
+  const res = await fetch(url);
+  return { status: res.status, body: (await res.json()) as T };
+}
