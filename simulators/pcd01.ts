@@ -1006,7 +1006,8 @@ export async function runPcd01Simulation(options: Pcd01SimulationOptions): Promi
   if (!(rate >= 0 && rate <= 100_000)) throw new RangeError(`"rate" must be from 0 to 100000, got ${rate}`);
   const windowSize = checkInt('window', options.window ?? d.window, 1, 10_000);
   const count = options.count === undefined ? Infinity : checkInt('count', options.count, 0, Number.MAX_SAFE_INTEGER);
-  const durationMs = options.durationMs === undefined ? Infinity : checkInt('durationMs', options.durationMs, 0, 2 ** 31 - 1);
+  const durationMs =
+    options.durationMs === undefined ? Infinity : checkInt('durationMs', Math.round(options.durationMs), 0, 2 ** 31 - 1);
   const ackTimeoutMs = checkInt('ackTimeoutMs', options.ackTimeoutMs ?? d.ackTimeoutMs, 1, 2 ** 31 - 1);
   const connectTimeoutMs = checkInt('connectTimeoutMs', options.connectTimeoutMs ?? d.connectTimeoutMs, 1, 2 ** 31 - 1);
   const backoffMin = checkInt('reconnectDelayMs', options.reconnectDelayMs ?? d.reconnectDelayMs, 1, 2 ** 31 - 1);
