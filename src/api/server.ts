@@ -49,7 +49,11 @@ const IdParam = z.strictObject({ id: z.coerce.number().int().min(1) });
  * Query strings are validated with zod; a bad one gets 400 naming the parameter.
  */
 export function createApi(deps: ApiDeps) {
-  const app = Fastify({ loggerInstance: deps.log.child({ component: 'api' }), disableRequestLogging: true });
+  const app = Fastify({ loggerInstance: deps.log.child({ component: 'api' }) });
+  // Per-request lines would drown the log of a busy ward; errors and warnings still show.
+  app.addHook('onRoute', (route) => {
+    route.logLevel ??= 'warn';
+  });
 
   app.setErrorHandler((err: Error & { statusCode?: number }, _req, reply) => {
     const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500;

@@ -56,7 +56,9 @@ export async function runSimulate(positionals: string[], values: Record<string, 
     });
     process.stderr.write('\n');
     process.stdout.write(`${formatPcd01Report(report)}\n`);
-    return report.timeouts > 0 || report.errors > 0 || report.unacknowledged > 0 ? 1 : 0;
+    // Ctrl-C leaves messages in flight by design; only failures the user did not cause count.
+    const unanswered = report.unacknowledged > 0 && !controller.signal.aborted;
+    return report.timeouts > 0 || report.errors > 0 || unanswered ? 1 : 0;
   } catch (err) {
     if (err instanceof RangeError) throw new UsageError(err.message);
     throw err;

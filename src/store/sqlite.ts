@@ -108,6 +108,9 @@ export class SqliteStore implements Store {
   private readonly pseudonymKey: Buffer;
   private readonly statements;
   private readonly applyGroup: (group: Pending[]) => CommitResult[];
+  /** Parameter arrays reused for every insert (the store runs on one thread). */
+  private readonly rowParams: unknown[] = new Array(COLUMNS * ROWS_PER_INSERT);
+  private readonly oneRowParams: unknown[] = new Array(COLUMNS);
 
   constructor(options: SqliteStoreOptions) {
     if (options.file !== ':memory:') mkdirSync(dirname(options.file), { recursive: true });
@@ -127,11 +130,8 @@ export class SqliteStore implements Store {
       insertMessage: db.prepare(
         'INSERT OR IGNORE INTO messages (received, source, sender, control_id, observations) VALUES (?, ?, ?, ?, ?)',
       ),
-      insertObservation: db.prepare(
-        `INSERT INTO observations (time, tz, device, code, system, vendor_code, metric, value, text, unit, loinc,
-           flags, containment, patient_system, patient_value, location, message_id, received)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      ),
+      insertObservation: db.prepare(insertObservationsSql(1)),
+      insertObservations: db.prepare(insertObservationsSql(ROWS_PER_INSERT)),
       insertDeadLetter: db.prepare(
         'INSERT INTO dead_letters (received, source, code, reason, location, control_id, raw) VALUES (?, ?, ?, ?, ?, ?, ?)',
       ),
@@ -207,28 +207,19 @@ export class SqliteStore implements Store {
       }
       messageId = info.lastInsertRowid;
     }
-    const insert = s.insertObservation;
-    for (const o of unit.observations) {
-      insert.run(
-        o.time,
-        o.tzOffset,
-        o.deviceId,
-        o.code,
-        o.system,
-        o.vendorCode,
-        o.metric,
-        Number.isNaN(o.value) ? null : o.value,
-        o.text,
-        o.unit,
-        o.loinc,
-        o.flags,
-        o.containment,
-        o.patient?.system ?? null,
-        o.patient?.value ?? null,
-        o.location,
-        messageId,
-        received,
-      );
+    // Rows go in ROWS_PER_INSERT at a time: one statement step per 16 rows instead of per row
+    // roughly halves the insert cost (bench/e2e.bench.ts; the store is the hot path's largest part).
+    const observations = unit.observations;
+    const params = this.rowParams;
+    let i = 0;
+    for (; i + ROWS_PER_INSERT <= observations.length; i += ROWS_PER_INSERT) {
+      for (let r = 0; r < ROWS_PER_INSERT; r++) fillRow(params, r * COLUMNS, observations[i + r]!, messageId, received);
+      s.insertObservations.run(params);
+    }
+    const one = this.oneRowParams;
+    for (; i < observations.length; i++) {
+      fillRow(one, 0, observations[i]!, messageId, received);
+      s.insertObservation.run(one);
     }
     for (const d of unit.deadLetters) {
       s.insertDeadLetter.run(received, unit.source, d.code, d.reason, d.location, d.controlId, Buffer.from(d.raw));
@@ -363,6 +354,39 @@ export class SqliteStore implements Store {
     this.db.prepare("INSERT INTO meta (key, value) VALUES ('pseudonym-key', ?)").run(key);
     return key;
   }
+}
+
+const COLUMNS = 18;
+const ROWS_PER_INSERT = 16;
+
+function insertObservationsSql(rows: number): string {
+  const row = `(${new Array(COLUMNS).fill('?').join(', ')})`;
+  return `INSERT INTO observations (time, tz, device, code, system, vendor_code, metric, value, text, unit, loinc,
+    flags, containment, patient_system, patient_value, location, message_id, received)
+    VALUES ${new Array(rows).fill(row).join(', ')}`;
+}
+
+/** Writes one observation's COLUMNS values at `at`, in the column order of the INSERT. */
+function fillRow(params: unknown[], at: number, o: Observation, messageId: number | bigint | null, received: number): void {
+  params[at] = o.time;
+  params[at + 1] = o.tzOffset;
+  params[at + 2] = o.deviceId;
+  params[at + 3] = o.code;
+  params[at + 4] = o.system;
+  params[at + 5] = o.vendorCode;
+  params[at + 6] = o.metric;
+  // SQLite has no NaN: "no numeric value" is NULL.
+  params[at + 7] = Number.isNaN(o.value) ? null : o.value;
+  params[at + 8] = o.text;
+  params[at + 9] = o.unit;
+  params[at + 10] = o.loinc;
+  params[at + 11] = o.flags;
+  params[at + 12] = o.containment;
+  params[at + 13] = o.patient === null ? null : o.patient.system;
+  params[at + 14] = o.patient === null ? null : o.patient.value;
+  params[at + 15] = o.location;
+  params[at + 16] = messageId;
+  params[at + 17] = received;
 }
 
 interface ObservationRow {

@@ -36,7 +36,7 @@ export function pcd01Message(o: TestMessageOptions): Buffer {
   const rows = o.rows ?? [HR_ROW, SPO2_ROW];
   const segments = [
     `MSH|^~\\&|MONITOR^${device}^EUI-64|ICU|MDI|HOSPITAL|${time}||${o.messageType ?? 'ORU^R01^ORU_R01'}|${o.controlId}|P|2.6|||AL|NE||${charset === 'utf8' ? 'UNICODE UTF-8' : '8859/1'}|||IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO`,
-    `PID|||${o.cpr ?? '0101901234'}^^^^&1.2.208.176.1.2&ISO^NNDNK||Ærø^Søren||19900101|M`,
+    `PID|||${o.cpr ?? '0101901234'}^^^&1.2.208.176.1.2&ISO^NNDNK||Ærø^Søren||19900101|M`,
     'PV1||I|ICU^12^1',
     `OBR|1|${o.controlId}^MDI|${o.controlId}^MDI|182777000^monitoring of patient^SCT|||${time}`,
     `OBX|1||69965^MDC_DEV_MON_PHYSIO_MULTI_PARAM_MDS^MDC|1.0.0.0|||||||X|||||||${device}^^${device}^EUI-64`,

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeFrame } from '../../src/codec/mllp.js';
 import { ErrorCode } from '../../src/errors.js';
+import { CPR_SYSTEM } from '../../src/model/measurement.js';
 import { getJson, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { MllpTestClient } from '../helpers/mllp-client.js';
 import { HR_ROW, pcd01Message, SPO2_ROW } from '../helpers/pcd01-message.js';
@@ -67,7 +68,7 @@ describe('PCD-01 over MLLP into the store', () => {
     expect(items[0]!.time).toBe('2026-11-21T10:14:55+01:00');
     expect(items[0]!.location).toBe('ICU/12/1');
     // The patient is a pseudonym, never the CPR number.
-    expect(items[0]!.patient).toMatch(/^pt-[0-9a-f]{16}$/);
+    expect(items[0]!.patient).toBe(gw.gateway.storeForTests().pseudonym({ system: CPR_SYSTEM, value: '0101901234' }));
     expect(JSON.stringify(items)).not.toContain('0101901234');
     await client.close();
   });

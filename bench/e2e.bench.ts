@@ -1,0 +1,80 @@
+/**
+ * End-to-end benchmark: PCD-01 simulator → MLLP → decode → normalize → SQLite commit → ACK.
+ *
+ *   npx tsx bench/e2e.bench.ts [--seconds 15] [--profile obx20]
+ *
+ * The gateway runs as its own process (as in production; here from the TypeScript sources via
+ * tsx) on its embedded defaults (SQLite, synchronous=full, group commit) in a temp folder; the
+ * simulator runs in this process. Two runs:
+ *  1. saturation: a few connections with a pipelining window, as fast as ACKs allow;
+ *  2. offered load: 500 devices, one message in flight each (like real device gateways), at a
+ *     fixed total rate (default 5,000 msgs/s) — the target is ACK p99 < 50 ms at that rate.
+ * Prints a Markdown table with the machine, Node version and command.
+ */
+import { cpus, tmpdir } from 'node:os';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { runPcd01Simulation, type Pcd01Profile, type Pcd01SimulationReport } from '../simulators/pcd01.js';
+import { startChildGateway } from '../test/helpers/child-gateway.js';
+
+const { values } = parseArgs({
+  options: {
+    seconds: { type: 'string', default: '15' },
+    profile: { type: 'string', default: 'obx20' },
+    rate: { type: 'string', default: '5000' },
+  },
+});
+const seconds = Number(values.seconds);
+const profile = values.profile as Pcd01Profile;
+const offered = Number(values.rate);
+
+interface Row {
+  scenario: string;
+  report: Pcd01SimulationReport;
+}
+
+async function scenario(name: string, options: { devices: number; window: number; rate: number }): Promise<Row> {
+  const dataDir = mkdtempSync(join(tmpdir(), 'mdi-e2e-'));
+  const gw = await startChildGateway(dataDir);
+  try {
+    // Warm-up: JIT the decode path and the SQLite statements before measuring.
+    await runPcd01Simulation({ port: gw.mllpPort, devices: 4, rate: 0, window: 8, count: 4000, profile, seed: 1 });
+    const report = await runPcd01Simulation({
+      port: gw.mllpPort,
+      devices: options.devices,
+      rate: options.rate,
+      window: options.window,
+      durationMs: seconds * 1000,
+      profile,
+      seed: 2,
+    });
+    return { scenario: name, report };
+  } finally {
+    await gw.terminate();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+const rows: Row[] = [];
+rows.push(await scenario('saturation: 8 connections, window 16', { devices: 8, window: 16, rate: 0 }));
+rows.push(
+  await scenario(`offered ${offered} msgs/s: 500 devices × ${offered / 500}/s, window 1`, {
+    devices: 500,
+    window: 1,
+    rate: offered / 500,
+  }),
+);
+
+const cpu = cpus()[0]?.model ?? 'unknown CPU';
+console.log(`\n## End to end: simulator → MLLP → committed → ACK (${profile} messages)\n`);
+console.log(`Machine: ${cpu}, ${cpus().length} cores; Node ${process.version}; ${new Date().toISOString().slice(0, 10)}`);
+console.log(`Command: npx tsx bench/e2e.bench.ts --seconds ${seconds} --profile ${profile} --rate ${offered}\n`);
+console.log('| scenario | acked msgs/s | AA | AE+AR | timeouts | ACK p50 ms | p95 ms | p99 ms | max ms |');
+console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
+for (const { scenario: name, report: r } of rows) {
+  const l = r.latencyMs;
+  console.log(
+    `| ${name} | ${r.msgsPerSecond.toFixed(0)} | ${r.aa} | ${r.ae + r.ar} | ${r.timeouts} | ${l.p50.toFixed(2)} | ${l.p95.toFixed(2)} | ${l.p99.toFixed(2)} | ${l.max.toFixed(1)} |`,
+  );
+}
