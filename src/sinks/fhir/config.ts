@@ -144,7 +144,8 @@ export const OutboxSettings = z.strictObject({
    * Readings waiting for the EPJ (queued + sending) before the outbox stops taking more from
    * the store. Nothing is lost when it is full: the rest waits in the store behind the
    * outbox's cursor. 500 000 is about two days of a 200-bed ward at 6 charted metrics a
-   * minute (~0.5 KB each, ~250 MB).
+   * minute (~0.5 KB each, ~250 MB). Not counted: the open interval of each series (one per
+   * device channel and patient), which is bounded by the number of beds.
    */
   maxRows: z.number().int().min(100).max(50_000_000).default(500_000),
   /** Observations read from the store per step (one transaction). */
