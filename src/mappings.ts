@@ -136,3 +136,71 @@ function splitList(text: string): string[] {
 function fail(at: string, problem: string): never {
   throw new GatewayError(ErrorCode.MAPPING_BAD_ROW, `mappings/${at}: ${problem}`);
 }
+
+/**
+ * How one vendor code becomes a Measurement, from `mappings/vendors/<vendor>.csv`:
+ * - `numeric`: a reading with a number (or NaN + INVALID when the device marks it absent);
+ * - `text`: a reading with text (drug name);
+ * - `state`: a status value, emitted when it changes (pump running, exception word);
+ * - `alarm`: like `state`; the value 1 means the alarm is active (flagged ABNORMAL);
+ * - `identity`: describes the device (serial number); shown in the driver status, not stored;
+ * - `ignore`: known and deliberately dropped (reserved fields).
+ */
+export type VendorCodeKind = 'numeric' | 'text' | 'state' | 'alarm' | 'identity' | 'ignore';
+
+const VENDOR_KINDS: readonly VendorCodeKind[] = ['numeric', 'text', 'state', 'alarm', 'identity', 'ignore'];
+
+/** One row of a vendor table. */
+export interface VendorCode {
+  /** The code as the device sends it (`SPO2`, `cp1:EB`, `INRT`). */
+  readonly code: string;
+  readonly kind: VendorCodeKind;
+  /** UCUM unit of the value as the device sends it; '' when dimensionless or unknown. */
+  readonly unit: string;
+  /** The IEEE 11073 metric it maps to, or null: then it is kept under the vendor's own system. */
+  readonly mdc: { readonly cf: number; readonly refid: string } | null;
+  /** For `state`/`alarm`: device value → text (`1` → `pump-status-infusing`). */
+  readonly states: ReadonlyMap<string, string>;
+  readonly description: string;
+}
+
+/** A vendor's code table, loaded once and frozen. */
+export interface VendorCodes {
+  readonly vendor: string;
+  readonly byCode: ReadonlyMap<string, VendorCode>;
+}
+
+const VENDOR_HEADER = ['vendor_code', 'kind', 'unit', 'mdc_cf', 'mdc_refid', 'states', 'description'];
+
+/**
+ * Loads `mappings/vendors/<vendor>.csv` (vendor code → MDC). A bad row throws a GatewayError
+ * (MDI_ERR_MAPPING_BAD_ROW) naming the file, line and problem, like `loadMappings`.
+ */
+export function loadVendorCodes(vendor: string, dir: string = MAPPINGS_DIR): VendorCodes {
+  if (!/^[a-z0-9-]+$/.test(vendor)) fail(`vendors/${vendor}.csv`, 'a vendor name is lower-case letters, digits and dashes');
+  const file = `vendors/${vendor}.csv`;
+  const byCode = new Map<string, VendorCode>();
+  for (const row of readTable(dir, file, VENDOR_HEADER)) {
+    const [code, kind, unit, cfText, refid, statesText, description] = row.fields as [
+      string, string, string, string, string, string, string,
+    ];
+    const at = `${file} line ${row.line}`;
+    if (code === '') fail(at, 'vendor_code is empty');
+    if (byCode.has(code)) fail(at, `vendor_code ${code} appears twice`);
+    if (!VENDOR_KINDS.includes(kind as VendorCodeKind)) fail(at, `kind "${kind}" is not one of ${VENDOR_KINDS.join(', ')}`);
+    let mdc: VendorCode['mdc'] = null;
+    if (cfText !== '' || refid !== '') {
+      if (!/^\d+$/.test(cfText) || Number(cfText) <= 65535) fail(at, `mdc_cf "${cfText}" is not a context-free MDC code`);
+      if (!REFID.test(refid)) fail(at, `mdc_refid "${refid}" is not an MDC reference id`);
+      mdc = Object.freeze({ cf: Number(cfText), refid });
+    }
+    const states = new Map<string, string>();
+    for (const pair of splitList(statesText)) {
+      const eq = pair.indexOf('=');
+      if (eq <= 0 || eq === pair.length - 1) fail(at, `states entry "${pair}" is not value=text`);
+      states.set(pair.slice(0, eq), pair.slice(eq + 1));
+    }
+    byCode.set(code, Object.freeze({ code, kind: kind as VendorCodeKind, unit, mdc, states, description }));
+  }
+  return Object.freeze({ vendor, byCode });
+}
