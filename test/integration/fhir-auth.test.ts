@@ -3,9 +3,11 @@
  * verifies SMART Backend Services client assertions (RS384 and ES384) with the public key, and
  * an auth-checking proxy in front of the EPJ stand-in.
  */
+import { execFileSync } from 'node:child_process';
 import { generateKeyPairSync, verify, type KeyObject } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { createServer, request as httpRequest, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -124,6 +126,27 @@ async function charting(baseUrl: string, input: FhirSettingsInput): Promise<{ ch
 const drained = (c: FhirCharting, store: SqliteStore) => () =>
   store.cursor(OUTBOX_CURSOR) === store.counts().observations && c.status().depth === 0 && c.status().states.open === 0;
 
+/** openssl makes the test CA and server certificate; without it the TLS test is skipped. */
+function hasOpenssl(): boolean {
+  try {
+    execFileSync('openssl', ['version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A CA and a server certificate for 127.0.0.1 signed by it (PEM files in a temp folder). */
+function makeCertificates(): { caFile: string; key: string; cert: string } {
+  const dir = tempDir('mdi-tls-');
+  const run = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
+  run('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=mdi test CA');
+  run('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=127.0.0.1');
+  writeFileSync(join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1\n');
+  run('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.pem', '-days', '2', '-extfile', 'san.ext');
+  return { caFile: join(dir, 'ca.pem'), key: readFileSync(join(dir, 'server.key'), 'utf8'), cert: readFileSync(join(dir, 'server.pem'), 'utf8') };
+}
+
 describe('auth towards the EPJ', () => {
   for (const algorithm of ['RS384', 'ES384'] as const) {
     it(`SMART Backend Services private_key_jwt (${algorithm}): token fetched once, refreshed after a 401`, async () => {
@@ -177,5 +200,40 @@ describe('auth towards the EPJ', () => {
     await commit(store, [reading('hr', { time: Date.now() - 1000 })]);
     await waitFor(drained(c, store), 15_000, 'charted');
     expect(proxy.requests.every((r) => r.authorization === 'Bearer static-token')).toBe(true);
+  }, 30_000);
+
+  it.skipIf(!hasOpenssl())('trusts an extra CA for an https EPJ (fhir.caFile), and refuses the unknown CA without it', async () => {
+    const { caFile, key, cert } = makeCertificates();
+    const epj = await startEpj({ port: 0, preload: [{ resourceType: 'Patient', id: 'p', identifier: [{ system: 'urn:oid:1.2.208.176.1.2', value: '0101701234' }] }] });
+    cleanups.push(() => epj.close());
+    const upstream = new URL(epj.url);
+    // TLS terminator in front of the stand-in, with a certificate from our private CA.
+    const tls = createHttpsServer({ key, cert }, (req, res) => {
+      const up = httpRequest({ host: upstream.hostname, port: upstream.port, method: req.method, path: req.url, headers: req.headers }, (r) => {
+        res.writeHead(r.statusCode ?? 502, r.headers);
+        r.pipe(res);
+      });
+      req.pipe(up);
+    });
+    await new Promise<void>((resolve) => tls.listen(0, '127.0.0.1', resolve));
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          tls.closeAllConnections();
+          tls.close(() => resolve());
+        }),
+    );
+    const baseUrl = `https://127.0.0.1:${(tls.address() as AddressInfo).port}/fhir`;
+
+    const untrusted = await charting(baseUrl, {});
+    await commit(untrusted.store, [reading('hr', { time: Date.now() - 1000 })]);
+    await waitFor(() => untrusted.charting.status().lastError !== null, 10_000, 'a TLS failure');
+    expect(untrusted.charting.status().lastError!.code).toBe(FhirErrorCode.NETWORK);
+    expect(untrusted.charting.status().depth).toBe(1);
+
+    const trusted = await charting(baseUrl, { caFile });
+    await commit(trusted.store, [reading('hr', { time: Date.now() - 1000 })]);
+    await waitFor(drained(trusted.charting, trusted.store), 15_000, 'charted over TLS');
+    expect(trusted.charting.status().lastError).toBeNull();
   }, 30_000);
 });
