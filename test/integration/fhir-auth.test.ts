@@ -24,7 +24,7 @@ afterEach(async () => {
 });
 
 interface TokenEndpoint {
-  readonly url: string;
+  url: string;
   /** Decoded client assertions received, in order. */
   readonly assertions: { header: Record<string, unknown>; claims: Record<string, unknown> }[];
   readonly forms: URLSearchParams[];
