@@ -7,12 +7,15 @@ import type { Logger } from './log.js';
 import { loadMappings } from './mappings.js';
 import { Ingest } from './pipeline/ingest.js';
 import { Normalizer } from './pipeline/normalize.js';
+import { createFhirForwarder, type FhirCharting } from './sinks/fhir/index.js';
 import { SqliteStore } from './store/sqlite.js';
 
 /** Bound addresses once started (ports are the real ones when the config said 0). */
 export interface GatewayAddresses {
   readonly http: { host: string; port: number };
   readonly mllp: { host: string; port: number } | null;
+  /** The EPJ the gateway charts to (the embedded stand-in's URL when `fhir.baseUrl` is absent), or null. */
+  readonly epj: { url: string; embedded: boolean } | null;
 }
 
 const HOUR_MS = 60 * 60 * 1000;
@@ -20,9 +23,11 @@ const DAY_MS = 24 * HOUR_MS;
 
 /**
  * The composition root: the only place that knows every part. Start order:
- * mappings → store → pipeline → HTTP API → drivers, then ready. Stop in reverse:
- * drivers stop accepting and finish (every in-flight message committed and answered), the
- * API closes, the store flushes and closes. Each stop step runs under a timeout so one stuck
+ * mappings → store → pipeline → EPJ stand-in (only without `fhir.baseUrl`) → charting (outbox
+ * and forwarder) → HTTP API → drivers, then ready. Stop in reverse: drivers stop accepting and
+ * finish (every in-flight message committed and answered), the API closes, charting stops
+ * (requests in flight are aborted; their entries stay in the outbox), the store flushes and
+ * closes, the stand-in closes. Each stop step runs under a timeout so one stuck
  * part cannot keep the process alive forever.
  */
 export class Gateway {
@@ -33,6 +38,8 @@ export class Gateway {
   private ready = false;
   private retentionTimer: NodeJS.Timeout | null = null;
   private addresses: GatewayAddresses | null = null;
+  private charting: FhirCharting | null = null;
+  private epj: { url: string; close(): Promise<void> } | null = null;
 
   constructor(
     private readonly config: Readonly<Config>,
@@ -55,12 +62,14 @@ export class Gateway {
     this.ingest = ingest;
 
     try {
+      const charting = await this.startCharting(store);
       this.api = createApi({
         store,
         log,
         ready: () => this.ready,
         drivers: () => this.drivers.map((d) => d.status()),
         counters: () => ingest.counters(),
+        charting,
       });
       await this.api.listen({ port: config.http.port, host: config.http.host });
       const httpAddress = this.api.server.address();
@@ -93,9 +102,10 @@ export class Gateway {
         this.retentionTimer = setInterval(prune, HOUR_MS).unref();
       }
 
-      this.addresses = { http: { host: config.http.host, port: httpPort }, mllp };
+      const epj = charting === null ? null : { url: this.epj?.url ?? config.fhir.baseUrl ?? '', embedded: this.epj !== null };
+      this.addresses = { http: { host: config.http.host, port: httpPort }, mllp, epj };
       this.ready = true;
-      log.info({ dataDir, http: this.addresses.http, mllp }, 'mdi-gateway started');
+      log.info({ dataDir, http: this.addresses.http, mllp, epj }, 'mdi-gateway started');
       return this.addresses;
     } catch (err) {
       await this.stop();
@@ -113,8 +123,55 @@ export class Gateway {
     this.drivers = [];
     if (this.api) await withTimeout(this.api.close(), 5_000, 'http api', this.log);
     this.api = null;
+    if (this.charting) await withTimeout(this.charting.stop(), 10_000, 'charting', this.log);
+    this.charting = null;
     if (this.store) await this.store.close();
     this.store = null;
+    if (this.epj) await withTimeout(this.epj.close(), 5_000, 'EPJ stand-in', this.log);
+    this.epj = null;
+  }
+
+  /**
+   * Charting into the EPJ: to `fhir.baseUrl`, or — without one — to the EPJ stand-in started
+   * here on `fhir.embeddedEpj.port`, so a fresh install shows Observations at
+   * `http://localhost:8090/fhir/Observation`. A stand-in that cannot listen (port taken) turns
+   * charting off with an error in the log instead of stopping the gateway: readings are still
+   * stored, and the outbox's cursor waits for them until charting is configured.
+   */
+  private async startCharting(store: SqliteStore): Promise<FhirCharting | null> {
+    const { config, log } = this;
+    const fhir = config.fhir;
+    if (!fhir.enabled) return null;
+    let baseUrl = fhir.baseUrl;
+    if (baseUrl === undefined) {
+      // Loaded only when used: the stand-in brings the FHIR R4 definitions (~1 s to load).
+      const { startEpj } = await import('../simulators/epj/index.js');
+      try {
+        // Loopback only: its admin API (fault injection) has no authentication.
+        this.epj = await startEpj({ port: fhir.embeddedEpj.port, host: '127.0.0.1', log });
+      } catch (err) {
+        log.error(
+          { err, port: fhir.embeddedEpj.port },
+          'the embedded EPJ stand-in could not start; charting is off (readings are stored) until fhir.embeddedEpj.port or fhir.baseUrl is set',
+        );
+        return null;
+      }
+      baseUrl = this.epj.url;
+    }
+    const embedded = this.epj !== null;
+    const charting = createFhirForwarder({
+      settings: fhir,
+      baseUrl,
+      store,
+      log,
+      // The stand-in keeps its data in memory and knows no patients: re-create Devices after a
+      // restart, and create the Patients the readings name (never done for a real EPJ).
+      ephemeralEpj: embedded,
+      ...(embedded && fhir.subject === undefined ? { subject: 'create' as const } : {}),
+    });
+    await charting.start();
+    this.charting = charting;
+    return charting;
   }
 
   /** The store, for tests and the composition of later sinks. */

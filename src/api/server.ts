@@ -3,6 +3,8 @@ import { z } from 'zod';
 import { formatIsoTime } from '../codec/hl7-time.js';
 import type { DriverStatus } from '../driver.js';
 import type { Logger } from '../log.js';
+import type { FhirCharting } from '../sinks/fhir/index.js';
+import { outboxRoutes } from '../sinks/fhir/routes.js';
 import type { Store } from '../store/store.js';
 import { observationItem } from './observation-item.js';
 
@@ -13,6 +15,8 @@ export interface ApiDeps {
   readonly ready: () => boolean;
   readonly drivers: () => DriverStatus[];
   readonly counters: () => Record<string, number>;
+  /** Charting into the EPJ (`/api/outbox…`); null or absent when charting is off. */
+  readonly charting?: FhirCharting | null;
 }
 
 /** A time given as ISO-8601 (with or without offset) or epoch milliseconds. */
@@ -60,6 +64,8 @@ export function createApi(deps: ApiDeps) {
     if (status >= 500) deps.log.error({ err }, 'api request failed');
     void reply.code(status).send({ error: status >= 500 ? 'internal error' : err.message });
   });
+
+  void app.register(outboxRoutes, { charting: deps.charting ?? null });
 
   app.get('/health', async (_req, reply) => {
     const ready = deps.ready();

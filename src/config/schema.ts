@@ -1,10 +1,11 @@
 import { z } from 'zod';
+import { FhirSettings } from '../sinks/fhir/config.js';
 
 /**
  * The configuration schema: the reference for every setting, its default, unit and bounds.
  * Objects are strict, so a misspelt key fails at start with its path instead of being ignored.
- * Later issues give meaning to `mqtt.broker.port` and `fhir.embeddedEpj.port`; they are part
- * of the schema now so configs written today keep working.
+ * A later issue gives meaning to `mqtt.broker.port`; it is part of the schema now so configs
+ * written today keep working.
  */
 
 const port = z.number().int().min(0).max(65535);
@@ -77,13 +78,11 @@ export const MqttConfig = z.strictObject({
     .prefault({}),
 });
 
-export const FhirConfig = z.strictObject({
-  embeddedEpj: z
-    .strictObject({
-      port: port.default(8090),
-    })
-    .prefault({}),
-});
+/**
+ * Charting into the EPJ over FHIR R4: the schema lives beside the forwarder
+ * (`src/sinks/fhir/config.ts`); `embeddedEpj.port` is part of it.
+ */
+export const FhirConfig = FhirSettings;
 
 export const LogConfig = z.strictObject({
   level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
