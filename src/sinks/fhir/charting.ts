@@ -49,6 +49,9 @@ export type ChartDecision =
       readonly rank: number;
     };
 
+/** Patients whose pseudonym is kept in memory (memory only, never written anywhere). */
+const PSEUDONYM_CACHE_MAX = 10_000;
+
 interface CompiledRule {
   readonly pattern: RegExp;
   readonly intervalMs: number | undefined;
@@ -67,6 +70,9 @@ export class ChartingPolicy {
   private readonly excluded: ReadonlySet<string>;
   private readonly rules: readonly CompiledRule[];
   private readonly intervalMs: number;
+
+  /** Pseudonyms by `system|value` (an HMAC per reading would cost more than the rest of the decision). */
+  private readonly pseudonyms = new Map<string, string>();
 
   /**
    * @param pseudonym Maps a patient to a stable pseudonym: the series key must separate
@@ -106,6 +112,18 @@ export class ChartingPolicy {
     return names.some((n) => n !== '' && this.listed.has(n));
   }
 
+  private pseudonymOf(patient: PatientId): string {
+    const key = `${patient.system}|${patient.value}`;
+    let p = this.pseudonyms.get(key);
+    if (p === undefined) {
+      // Bounded: a few thousand patients are in beds at once; past the bound, start over.
+      if (this.pseudonyms.size >= PSEUDONYM_CACHE_MAX) this.pseudonyms.clear();
+      p = this.pseudonym(patient);
+      this.pseudonyms.set(key, p);
+    }
+    return p;
+  }
+
   /** Decides for one reading. Reasons name the metric and rule, never patient data. */
   decide(o: Observation): ChartDecision {
     const role = chartRole(o);
@@ -119,7 +137,7 @@ export class ChartingPolicy {
       if (this.settings.unbound === 'store') return { chart: false, reason: 'no patient (charting.unbound: store)' };
       hold = true;
     } else {
-      patientKey = this.pseudonym(o.patient);
+      patientKey = this.pseudonymOf(o.patient);
     }
     const { intervalMs, value } = this.ruleFor(o.location);
     const bucketStart = intervalMs === 0 ? o.time : Math.floor(o.time / intervalMs) * intervalMs;

@@ -148,8 +148,11 @@ export const OutboxSettings = z.strictObject({
    * device channel and patient), which is bounded by the number of beds.
    */
   maxRows: z.number().int().min(100).max(50_000_000).default(500_000),
-  /** Observations read from the store per step (one transaction). */
-  feedBatch: z.number().int().min(1).max(100_000).default(2000),
+  /**
+   * Observations read from the store per step (one transaction). A step is synchronous work
+   * (~20–40 µs a reading): 500 keeps it to ~10–20 ms, so MLLP ACKs never wait long behind it.
+   */
+  feedBatch: z.number().int().min(1).max(100_000).default(500),
   /** How often the outbox looks for new readings and due retries, ms. */
   pollMs: z.number().int().min(10).max(60_000).default(250),
   /**

@@ -236,6 +236,26 @@ interface EntryRow {
   outcome: string | null;
 }
 
+/** An open entry as cached while its interval runs. */
+interface OpenEntry {
+  readonly id: number;
+  readonly choice: string;
+  payload: Payload;
+  readingTime: number;
+  lastReceived: number;
+  closeAt: number;
+}
+
+/**
+ * Bound of the open-entry caches: about one open entry per active series (device channel ×
+ * patient); 100 000 covers a region-sized instance. Beyond it the caches start over.
+ */
+const OPEN_CACHE_MAX = 100_000;
+
+function entryKey(series: string, bucket: number): string {
+  return `${series}\u0000${bucket}`;
+}
+
 /** Payload JSON: the chart item (readings carry their store id). Holds patient data: never log it. */
 interface Payload {
   readonly kind: ChartItem['kind'];
@@ -271,6 +291,14 @@ export class Outbox {
   private caughtUp = false;
   private lateReadings = 0;
   private confirmed = 0;
+  /**
+   * Open entries by series and bucket, so the readings of a running interval neither look the
+   * row up nor rewrite it more than once per feed step. The database stays the truth: an entry
+   * leaves the cache when it closes, and the cache is dropped when a feed transaction fails.
+   */
+  private readonly openEntries = new Map<string, OpenEntry>();
+  /** Highest bucket this process created an entry for, per series. */
+  private readonly seriesTop = new Map<string, number>();
 
   constructor(
     private readonly store: OutboxStore,
@@ -298,7 +326,7 @@ export class Outbox {
       // Closing: open entries whose interval (plus slack) is behind the watermark. Open entries
       // are about one per active series, so scanning them in id order is cheap.
       dueToClose: db.prepare(
-        `SELECT id, choice, payload FROM fhir_outbox WHERE state = '${OutboxState.OPEN}' AND close_at <= ? ORDER BY id LIMIT ?`,
+        `SELECT id, series, bucket, choice, payload FROM fhir_outbox WHERE state = '${OutboxState.OPEN}' AND close_at <= ? ORDER BY id LIMIT ?`,
       ),
       closeQueued: db.prepare(
         `UPDATE fhir_outbox SET state = '${OutboxState.QUEUED}', identifier = ?, payload = ?, reading_time = ?, closed = ?, next_attempt = 0, updated = ?
@@ -406,67 +434,111 @@ export class Outbox {
 
   private feedStep(now: number): number {
     let count = 0;
-    this.db.transaction(() => {
-      const cursor = this.store.cursor(OUTBOX_CURSOR);
-      const batch = this.store.observationsAfter(cursor, this.options.feedBatch);
-      count = batch.length;
-      let lastReceived = this.watermark;
-      for (const stored of batch) {
-        this.admit(stored, now);
-        lastReceived = Math.max(lastReceived, stored.received);
-      }
-      if (batch.length > 0) this.store.setCursor(OUTBOX_CURSOR, batch[batch.length - 1]!.id);
-      this.caughtUp = batch.length < this.options.feedBatch;
-      this.watermark = this.caughtUp ? now : Math.max(this.watermark, lastReceived - RECEIVED_ORDER_SLACK_MS);
-    })();
+    const dirty = new Set<OpenEntry>();
+    try {
+      this.db.transaction(() => {
+        const cursor = this.store.cursor(OUTBOX_CURSOR);
+        const batch = this.store.observationsAfter(cursor, this.options.feedBatch);
+        count = batch.length;
+        let lastReceived = this.watermark;
+        for (const stored of batch) {
+          this.admit(stored, now, dirty);
+          lastReceived = Math.max(lastReceived, stored.received);
+        }
+        // One write per touched entry per step, however many readings it took.
+        for (const e of dirty) {
+          this.s.updateOpen.run(e.readingTime, e.lastReceived, e.closeAt, JSON.stringify(e.payload), now, e.id);
+        }
+        if (batch.length > 0) this.store.setCursor(OUTBOX_CURSOR, batch[batch.length - 1]!.id);
+        this.caughtUp = batch.length < this.options.feedBatch;
+        this.watermark = this.caughtUp ? now : Math.max(this.watermark, lastReceived - RECEIVED_ORDER_SLACK_MS);
+      })();
+    } catch (err) {
+      // Rolled back: the caches may hold changes the database does not. Start them afresh.
+      this.openEntries.clear();
+      this.seriesTop.clear();
+      throw err;
+    }
     return count;
   }
 
-  /** One reading into its entry (inside the feed transaction). */
-  private admit(stored: StoredObservation, now: number): void {
+  /** One reading into its entry (inside the feed transaction); changed open entries go to `dirty`. */
+  private admit(stored: StoredObservation, now: number, dirty: Set<OpenEntry>): void {
     const o = stored.observation;
     const d = this.policy.decide(o);
     if (!d.chart) return;
     const reading: ChartReading = { id: stored.id, observation: o };
     const intervalZero = d.bucketEnd === d.bucketStart;
     const closeAt = (received: number) => (intervalZero ? received : d.bucketEnd + this.options.closeDelayMs);
-    const row = this.s.bySeriesBucket.get(d.series, d.bucketStart) as
-      | Pick<EntryRow, 'id' | 'state' | 'choice' | 'reading_time' | 'last_received' | 'payload'>
-      | undefined;
-    if (row === undefined) {
-      const payload: Payload = { kind: d.kind, readings: [reading] };
-      const info = this.s.insertEntry.run(
-        d.series,
-        d.bucketStart,
-        d.bucketEnd,
-        d.value,
-        o.time,
-        stored.received,
-        closeAt(stored.received),
-        JSON.stringify(payload),
-        now,
-        now,
-      );
-      if (d.value === 'median' && !intervalZero) this.sample(Number(info.lastInsertRowid), stored, d.rank);
-      return;
+    const key = entryKey(d.series, d.bucketStart);
+    let entry = this.openEntries.get(key);
+    if (entry === undefined) {
+      // A bucket above the highest one this process created for the series cannot have a row
+      // yet: skip the lookup (the common case: the series' next interval).
+      const top = this.seriesTop.get(d.series);
+      const row =
+        top !== undefined && d.bucketStart > top
+          ? undefined
+          : (this.s.bySeriesBucket.get(d.series, d.bucketStart) as
+              | Pick<EntryRow, 'id' | 'state' | 'choice' | 'reading_time' | 'last_received' | 'payload'>
+              | undefined);
+      if (row === undefined) {
+        const payload: Payload = { kind: d.kind, readings: [reading] };
+        const info = this.s.insertEntry.run(
+          d.series,
+          d.bucketStart,
+          d.bucketEnd,
+          d.value,
+          o.time,
+          stored.received,
+          closeAt(stored.received),
+          JSON.stringify(payload),
+          now,
+          now,
+        );
+        const id = Number(info.lastInsertRowid);
+        this.remember(key, d.series, d.bucketStart, {
+          id,
+          choice: d.value,
+          payload,
+          readingTime: o.time,
+          lastReceived: stored.received,
+          closeAt: closeAt(stored.received),
+        });
+        if (d.value === 'median' && !intervalZero) this.sample(id, stored, d.rank);
+        return;
+      }
+      if (row.state !== OutboxState.OPEN) {
+        // Its interval is already charted (or on its way): keep it in the store only.
+        this.lateReadings++;
+        return;
+      }
+      entry = {
+        id: row.id,
+        choice: row.choice,
+        payload: JSON.parse(row.payload) as Payload,
+        readingTime: row.reading_time,
+        lastReceived: row.last_received,
+        closeAt: closeAt(row.last_received),
+      };
+      this.remember(key, d.series, d.bucketStart, entry);
     }
-    if (row.state !== OutboxState.OPEN) {
-      // Its interval is already charted (or on its way): keep it in the store only.
-      this.lateReadings++;
-      return;
-    }
-    if (row.choice === 'median' && !intervalZero) this.sample(row.id, stored, d.rank);
-    const payload = JSON.parse(row.payload) as Payload;
-    const merged = mergeLatest(payload, reading, row.reading_time);
-    const lastReceived = Math.max(row.last_received, stored.received);
-    this.s.updateOpen.run(
-      merged.time,
-      lastReceived,
-      closeAt(lastReceived),
-      merged.changed ? JSON.stringify(merged.payload) : row.payload,
-      now,
-      row.id,
-    );
+    if (entry.choice === 'median' && !intervalZero) this.sample(entry.id, stored, d.rank);
+    const merged = mergeLatest(entry.payload, reading, entry.readingTime);
+    entry.payload = merged.payload;
+    entry.readingTime = merged.time;
+    entry.lastReceived = Math.max(entry.lastReceived, stored.received);
+    entry.closeAt = closeAt(entry.lastReceived);
+    dirty.add(entry);
+  }
+
+  /** Caches an open entry (bounded: past the bound the cache starts over and rows are looked up). */
+  private remember(key: string, series: string, bucket: number, entry: OpenEntry): void {
+    if (this.openEntries.size >= OPEN_CACHE_MAX) this.openEntries.clear();
+    if (this.seriesTop.size >= OPEN_CACHE_MAX) this.seriesTop.clear();
+    this.openEntries.set(key, entry);
+    const top = this.seriesTop.get(series);
+    if (top === undefined || bucket > top) this.seriesTop.set(series, bucket);
   }
 
   private sample(entry: number, stored: StoredObservation, rank: number): void {
@@ -485,8 +557,9 @@ export class Outbox {
     let skipped = 0;
     const watermark = this.caughtUp ? now : this.watermark;
     this.db.transaction(() => {
-      const rows = this.s.dueToClose.all(watermark, limit) as Pick<EntryRow, 'id' | 'choice' | 'payload'>[];
+      const rows = this.s.dueToClose.all(watermark, limit) as Pick<EntryRow, 'id' | 'series' | 'bucket' | 'choice' | 'payload'>[];
       for (const row of rows) {
+        this.openEntries.delete(entryKey(row.series, row.bucket));
         let payload = JSON.parse(row.payload) as Payload;
         if (row.choice === 'median') payload = this.median(row.id, payload);
         this.s.deleteSamples.run(row.id);
