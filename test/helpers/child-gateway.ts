@@ -18,13 +18,14 @@ export interface ChildGateway {
 
 /**
  * Runs `mdi start` as a real separate process (from the TypeScript sources through tsx),
- * on free ports, and resolves once it logged that it started.
+ * on free ports, and resolves once it logged that it started. Without `extraYaml`, charting
+ * is off (no stand-in EPJ on a fixed port).
  */
 export async function startChildGateway(dataDir: string, extraYaml = ''): Promise<ChildGateway> {
   const configFile = join(dataDir, 'mdi.yaml');
   writeFileSync(
     configFile,
-    `dataDir: ${JSON.stringify(dataDir)}\nhttp: { port: 0, host: 127.0.0.1 }\nmllp: { port: 0, host: 127.0.0.1 }\n${extraYaml}`,
+    `dataDir: ${JSON.stringify(dataDir)}\nhttp: { port: 0, host: 127.0.0.1 }\nmllp: { port: 0, host: 127.0.0.1 }\n${extraYaml || 'fhir: { enabled: false }\n'}`,
   );
   const child = spawn(process.execPath, ['--import', 'tsx', join(PACKAGE_ROOT, 'src/main.ts'), 'start', '--config', configFile], {
     cwd: PACKAGE_ROOT,

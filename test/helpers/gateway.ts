@@ -15,11 +15,16 @@ export interface TestGateway {
   stop(): Promise<void>;
 }
 
-/** A gateway on free ports (0) and a fresh temp data folder. */
+/**
+ * A gateway on free ports (0) and a fresh temp data folder. Charting is off unless the test
+ * turns it on (the FHIR tests do): these tests are about ingest, and a stand-in EPJ on a fixed
+ * port would collide between test files running in parallel.
+ */
 export async function startTestGateway(overrides: ConfigInput = {}): Promise<TestGateway> {
   const dataDir = mkdtempSync(join(tmpdir(), 'mdi-gw-'));
   const config = parseConfig({
     dataDir,
+    fhir: { enabled: false },
     ...overrides,
     http: { port: 0, host: '127.0.0.1', ...overrides.http },
     mllp: { port: 0, host: '127.0.0.1', ...overrides.mllp },
