@@ -45,6 +45,8 @@ export const BCC_TCP_PORT = 4001;
 
 /** One BCC record. `parameter` is '' for three-field answers such as the version. */
 export interface BccRecord {
+  /** Position of the record in its block, from 1 (for problem locations). */
+  readonly index: number;
   /** Seconds since the ComDevice powered on. */
   readonly time: number;
   readonly address: string;
@@ -91,14 +93,14 @@ export function parseBccRecords(info: Uint8Array): { records: BccRecord[]; probl
       continue;
     }
     if (c3 === -1) {
-      records.push({ time: Number(timeText), address, parameter: '', value: text.slice(c2 + 1) });
+      records.push({ index, time: Number(timeText), address, parameter: '', value: text.slice(c2 + 1) });
     } else {
       const parameter = text.slice(c2 + 1, c3);
       if (!/^[A-Z][A-Z0-9_]*$/.test(parameter)) {
         problems.push({ code: ErrorCode.BCC_BAD_RECORD, reason: 'parameter name is not upper-case letters and digits', location: `record ${index}` });
         continue;
       }
-      records.push({ time: Number(timeText), address, parameter, value: text.slice(c3 + 1) });
+      records.push({ index, time: Number(timeText), address, parameter, value: text.slice(c3 + 1) });
     }
   }
   return { records, problems };
@@ -163,7 +165,7 @@ export function decodeBccBlock(info: Uint8Array, ctx: BccDecodeContext): BccDeco
   let personalDropped = 0;
   let newest = 0;
   for (const r of records) if (r.time > newest) newest = r.time;
-  for (const [i, r] of records.entries()) {
+  for (const r of records) {
     const time = ctx.received - (newest - r.time) * 1000;
     const tzOffset = ctx.zone.offsetAt(time);
     const deviceId = bccPumpDeviceId(ctx.deviceId, r.address);
@@ -204,7 +206,7 @@ export function decodeBccBlock(info: Uint8Array, ctx: BccDecodeContext): BccDeco
         if (r.parameter === 'INRMT' && n === NO_END_TIME) readings.push(make(Number.NaN, null, Quality.INVALID));
         else readings.push(make(n, null, 0));
       } else {
-        problems.push({ code: ErrorCode.BCC_BAD_RECORD, reason: `${r.parameter} is not a number`, location: `record ${i + 1} (${r.parameter})` });
+        problems.push({ code: ErrorCode.BCC_BAD_RECORD, reason: `${r.parameter} is not a number`, location: `record ${r.index} (${r.parameter})` });
       }
       continue;
     }
