@@ -106,7 +106,7 @@ export interface MasimoDecoded {
   readonly states: Measurement[];
   /** Identity found in the line (`serial`). */
   readonly identity: Readonly<Record<string, string>>;
-  /** Token-level problems; the rest of the line is still used. */
+  /** Problems that do not refuse the line (none today: every detected damage is fatal). */
   readonly problems: MasimoProblem[];
   /** The line as a whole is unusable (no valid time, noise); nothing else is set. */
   readonly fatal: MasimoProblem | null;
@@ -126,8 +126,9 @@ const DASHES = /^[+-]?-+(?:\.-*)?$/;
  * - A line without a valid `MM/DD/YY HH:MM:SS` head is refused whole.
  * - A value the device marks absent (dashes; zero SpO2/pulse/PI) is NaN with INVALID; so is
  *   every value of a line whose EXC says the sensor is off, missing, defective or unknown.
- * - A token that is not KEY=value, or a value that is not a number, is a problem for that key
- *   only.
+ * - A token that is not KEY=value, a key twice, a missing EXC (the line was cut short) or a
+ *   value that is neither a number nor dashes refuses the whole line: without a checksum a
+ *   damaged line cannot be trusted in part.
  */
 export function decodeMasimoLine(line: string, ctx: MasimoDecodeContext): MasimoDecoded {
   const problems: MasimoProblem[] = [];
@@ -166,35 +167,28 @@ export function decodeMasimoLine(line: string, ctx: MasimoDecodeContext): Masimo
   const time = ctx.zone.localToUtc(local);
   const tzOffset = ctx.zone.offsetAt(time);
 
-  // First pass: collect tokens by key, find the exception word (it flags every value).
+  // Without a checksum, damage shows only as a line that breaks the layout. Any such sign
+  // refuses the whole line: a digit damaged into another digit next to it cannot be detected,
+  // so nothing of a damaged line is trusted.
   const values = new Map<string, string>();
   const rest = line.slice(head[0].length).trim();
   if (rest !== '') {
     for (const token of rest.split(/\s+/)) {
       const eq = token.indexOf('=');
       if (eq <= 0) {
-        problems.push({ code: ErrorCode.MASIMO_BAD_VALUE, reason: `token "${clip(token)}" is not KEY=value`, location: 'line' });
-        continue;
+        return fail(ErrorCode.MASIMO_BAD_LINE, `token "${clip(token)}" is not KEY=value (damaged line, or two lines run together)`);
       }
       const key = token.slice(0, eq).toUpperCase();
-      if (values.has(key)) {
-        problems.push({ code: ErrorCode.MASIMO_BAD_VALUE, reason: `key ${clip(key)} appears twice; the first is used`, location: clip(key) });
-        continue;
-      }
+      if (values.has(key)) return fail(ErrorCode.MASIMO_BAD_LINE, `key ${clip(key)} appears twice (two lines run together?)`);
       values.set(key, token.slice(eq + 1));
     }
   }
-
-  let exception = 0;
+  // Masimo ASCII 1 (and the trend format) always send the exception word near the end of the
+  // line; a line without it was cut short, and its last value may be cut too (SPO2=09…).
   const excText = values.get('EXC');
-  if (excText !== undefined) {
-    const bits = parseHexWord(excText);
-    if (bits === null) {
-      problems.push({ code: ErrorCode.MASIMO_BAD_VALUE, reason: 'EXC is not a hex word', location: 'EXC' });
-    } else {
-      exception = bits;
-    }
-  }
+  if (excText === undefined) return fail(ErrorCode.MASIMO_BAD_LINE, 'no EXC field: the line was cut short');
+  const exception = parseHexWord(excText);
+  if (exception === null) return fail(ErrorCode.MASIMO_BAD_VALUE, 'EXC is not a hex word');
   const sensorFailed = (exception & SENSOR_FAILURE) !== 0;
   const lineFlags = (sensorFailed ? Quality.INVALID : 0) | (exception & SIGNAL_DOUBT ? Quality.QUESTIONABLE : 0);
 
@@ -211,10 +205,7 @@ export function decodeMasimoLine(line: string, ctx: MasimoDecodeContext): Masimo
     }
     if (kind === 'state' || kind === 'alarm') {
       const bits = parseHexWord(raw);
-      if (bits === null) {
-        if (key !== 'EXC') problems.push({ code: ErrorCode.MASIMO_BAD_VALUE, reason: `${clip(key)} is not a hex word`, location: clip(key) });
-        continue;
-      }
+      if (bits === null) return fail(ErrorCode.MASIMO_BAD_VALUE, `${clip(key)} is not a hex word`);
       const text = key === 'EXC' ? masimoExceptionNames(bits) || 'none' : bits.toString(16).toUpperCase().padStart(4, '0');
       const flags = kind === 'alarm' && bits !== 0 ? Quality.ABNORMAL : 0;
       states.push(reading(ctx, key, def, bits, text, time, tzOffset, flags));
@@ -240,7 +231,7 @@ export function decodeMasimoLine(line: string, ctx: MasimoDecodeContext): Masimo
       readings.push(reading(ctx, key, def, Number.NaN, value, time, tzOffset, lineFlags));
       continue;
     }
-    problems.push({ code: ErrorCode.MASIMO_BAD_VALUE, reason: `${clip(key)} value is neither a number nor dashes`, location: clip(key) });
+    return fail(ErrorCode.MASIMO_BAD_VALUE, `${clip(key)} value is neither a number nor dashes`);
   }
   return { readings, states, identity, problems, fatal: null };
 }
