@@ -3,7 +3,9 @@
  * is added here and wired from config in gateway.ts.
  */
 import { mllpDriver } from '../drivers/mllp/index.js';
+import { serialDriver } from '../drivers/serial/index.js';
 
 export const driverFactories = {
   mllp: mllpDriver,
+  serial: serialDriver,
 } as const;

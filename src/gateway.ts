@@ -28,7 +28,8 @@ const DAY_MS = 24 * HOUR_MS;
  * finish (every in-flight message committed and answered), the API closes, charting stops
  * (requests in flight are aborted; their entries stay in the outbox), the store flushes and
  * closes, the stand-in closes. Each stop step runs under a timeout so one stuck
- * part cannot keep the process alive forever.
+ * part cannot keep the process alive forever. Drivers start in order (the MLLP listener, then
+ * each serial device) and stop in reverse.
  */
 export class Gateway {
   private store: SqliteStore | null = null;
@@ -91,6 +92,17 @@ export class Gateway {
         this.drivers.push(listener);
         await listener.start();
         mllp = { host: config.mllp.host, port: listener.port() };
+      }
+
+      // Serial devices (and TCP terminal servers): start() returns at once; a port that is
+      // missing or busy is retried with backoff and shows in /api/status, never fails the start.
+      for (const device of config.serial.devices) {
+        const driver = driverFactories.serial.create(
+          device,
+          ingest.contextFor(log.child({ driver: 'serial', device: device.deviceId }), config.timezone),
+        );
+        this.drivers.push(driver);
+        await driver.start();
       }
 
       if (config.store.sqlite.retentionDays > 0) {

@@ -84,6 +84,125 @@ export const MqttConfig = z.strictObject({
  */
 export const FhirConfig = FhirSettings;
 
+/** Reopen backoff of a serial device (ms); see src/reconnect.ts for why backoff and jitter. */
+const SerialReconnectConfig = z.strictObject({
+  /** First wait after a failed open or a lost link. */
+  initialDelayMs: z.number().int().min(10).max(60_000).default(500),
+  /** Longest wait: a device plugged back in is found again within this time. */
+  maxDelayMs: z.number().int().min(100).max(600_000).default(30_000),
+});
+
+/**
+ * Settings every serial device has. Line settings left out take the defaults of the protocol
+ * (Masimo 9600 8N1; MEDIBUS 19200 8E1; B. Braun BCC 9600 8N1) — set them to match the device.
+ */
+const serialDeviceCommon = {
+  /** The registered id readings carry (B. Braun: the SpaceCom's; pumps add `/pump-<slot>`). */
+  deviceId: z
+    .string()
+    .min(1)
+    .max(128)
+    .regex(/^[A-Za-z0-9._:/-]+$/, 'use letters, digits and . _ : / - only'),
+  /** Serial port path: `/dev/ttyUSB0`, or better a stable `/dev/serial/by-id/…` name. */
+  port: z.string().min(1).optional(),
+  /** Instead of `port`: a TCP terminal server or a B. Braun ComDevice (port 4001). */
+  tcp: z
+    .strictObject({
+      host,
+      port: port.min(1),
+      /** Give up one connection attempt after this long (ms). */
+      connectTimeoutMs: z.number().int().min(100).max(60_000).default(5000),
+    })
+    .optional(),
+  baudRate: z.number().int().min(50).max(4_000_000).optional(),
+  dataBits: z.union([z.literal(5), z.literal(6), z.literal(7), z.literal(8)]).optional(),
+  /** Linux serial drivers know none, even and odd (no mark/space). */
+  parity: z.enum(['none', 'even', 'odd']).optional(),
+  stopBits: z.union([z.literal(1), z.literal(1.5), z.literal(2)]).optional(),
+  /** Hardware flow control (RTS/CTS). */
+  rtscts: z.boolean().default(false),
+  /** Software flow control: obey XOFF/XON from the device … */
+  xon: z.boolean().default(false),
+  /** … and send XOFF/XON to it. */
+  xoff: z.boolean().default(false),
+  reconnect: SerialReconnectConfig.prefault({}),
+  /** No valid frame for this long (ms) shows the device as down. Default per protocol (5 s for Masimo and MEDIBUS). */
+  silenceTimeoutMs: z.number().int().min(100).max(3_600_000).optional(),
+  /** Zone of the device clock (Masimo prints local time). Default: `timezone`. */
+  timezone: timeZone.optional(),
+};
+
+const MasimoDeviceConfig = z.strictObject({
+  protocol: z.literal('masimo'),
+  ...serialDeviceCommon,
+  /** Longest accepted ASCII 1 line (bytes); real lines are ~200. */
+  maxLineBytes: z.number().int().min(64).max(65_536).optional(),
+});
+
+const MedibusDeviceConfig = z.strictObject({
+  protocol: z.literal('medibus'),
+  ...serialDeviceCommon,
+  /** Time between poll cycles (ms). */
+  pollIntervalMs: z.number().int().min(100).max(60_000).optional(),
+  /** Also poll measured data code page 2 and its alarms. */
+  codepage2: z.boolean().optional(),
+  /** Poll current alarms. */
+  alarms: z.boolean().optional(),
+  /** Wait this long for an answer (ms); MEDIBUS allows 10 s. */
+  responseTimeoutMs: z.number().int().min(100).max(10_000).optional(),
+  /** NOP after this long without sending (ms): must stay under the 3 s after which the device drops the link. */
+  keepAliveMs: z.number().int().min(100).max(2900).optional(),
+  maxFrameBytes: z.number().int().min(64).max(1_048_576).optional(),
+});
+
+const BbraunDeviceConfig = z.strictObject({
+  protocol: z.literal('bbraun'),
+  ...serialDeviceCommon,
+  /** Time between MEM:GET requests (ms); BCC asks for ≥ 500. 0: cyclic mode (the ComDevice pushes). */
+  pollIntervalMs: z
+    .number()
+    .int()
+    .max(3_600_000)
+    .refine((ms) => ms === 0 || ms >= 500, { message: 'must be 0 (cyclic mode) or at least 500 ms (BCC)' })
+    .optional(),
+  responseTimeoutMs: z.number().int().min(100).max(60_000).optional(),
+  /** Pause after a block before ACK (ms); BCC asks for ~100. */
+  ackDelayMs: z.number().int().min(0).max(5000).optional(),
+  /** BCC character stuffing, as configured on the ComDevice. */
+  characterStuffing: z.boolean().optional(),
+  maxFrameBytes: z.number().int().min(64).max(1_048_576).optional(),
+});
+
+/** One serial device: the protocol decides which further keys are allowed. */
+export const SerialDeviceConfig = z
+  .discriminatedUnion('protocol', [MasimoDeviceConfig, MedibusDeviceConfig, BbraunDeviceConfig])
+  .superRefine((device, ctx) => {
+    if ((device.port === undefined) === (device.tcp === undefined)) {
+      ctx.addIssue({ code: 'custom', path: ['port'], message: 'give either "port" (a serial port path) or "tcp" ({ host, port }), not both' });
+    }
+    if (device.reconnect.maxDelayMs < device.reconnect.initialDelayMs) {
+      ctx.addIssue({ code: 'custom', path: ['reconnect', 'maxDelayMs'], message: 'must be at least reconnect.initialDelayMs' });
+    }
+  });
+
+export const SerialConfig = z.strictObject({
+  /** Devices on serial ports or TCP terminal servers; each is opened and reopened by itself. */
+  devices: z
+    .array(SerialDeviceConfig)
+    .max(1000)
+    .default([])
+    .superRefine((devices, ctx) => {
+      const seen = new Map<string, number>();
+      devices.forEach((d, i) => {
+        if (seen.has(d.deviceId)) ctx.addIssue({ code: 'custom', path: [i, 'deviceId'], message: `"${d.deviceId}" is already used by device ${seen.get(d.deviceId)}` });
+        else seen.set(d.deviceId, i);
+        const where = d.port ?? (d.tcp ? `${d.tcp.host}:${d.tcp.port}` : '');
+        const other = devices.findIndex((e, j) => j < i && (e.port ?? (e.tcp ? `${e.tcp.host}:${e.tcp.port}` : '')) === where);
+        if (where !== '' && other !== -1) ctx.addIssue({ code: 'custom', path: [i, d.port ? 'port' : 'tcp'], message: `${where} is already used by device ${other}` });
+      });
+    }),
+});
+
 export const LogConfig = z.strictObject({
   level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
@@ -99,6 +218,7 @@ export const Config = z.strictObject({
   store: StoreConfig.prefault({}),
   mqtt: MqttConfig.prefault({}),
   fhir: FhirConfig.prefault({}),
+  serial: SerialConfig.prefault({}),
 });
 
 export type Config = z.infer<typeof Config>;
