@@ -1,0 +1,1415 @@
+/**
+ * IHE PCD-01 "Communicate PCD Data" (ORU^R01) → Measurements, still in the device's vocabulary.
+ * ORU^R40 (PCD-04 alarms) and ORU^R42 (PCD-10 infusion events) share the structure and are read
+ * the same way. MSH-21 (profile) is informative only.
+ *
+ * The decoder never throws on bad input. A message it cannot understand at all gets `fatal`
+ * (answer AE/AR with it); a row it cannot read becomes a rejected row with its problem while
+ * the other rows stay good; oddities that do not lose data are warnings (`severity: 'W'`).
+ * Problem messages name segments, fields and OBX-3 codes, never patient data or OBX-5 values.
+ *
+ * Hot path (see bench/codec.bench.ts): one field scan per OBX up to OBX-18, numbers parsed from
+ * the bytes, OBX-3/OBX-6 interpretations and short strings cached by their bytes, one time parse
+ * per distinct OBX-14, and one Measurement object per row.
+ *
+ * Spec: IHE PCD TF-2 (Rev. 9) §3.1 and Appendix B (OBX-3/4/6/18 in PCD messages), HL7 v2.6
+ * chapter 7 (OBX), IEEE 11073-10101 (MDC codes), IEEE 11073-20601 §F.8 (FLOAT special values).
+ */
+import { Buffer } from 'node:buffer';
+import { ErrorCode } from '../errors.js';
+import { CPR_SYSTEM, Quality, measurement, type Measurement, type PatientId } from '../model/measurement.js';
+import {
+  Hl7ErrorCondition,
+  Hl7Message,
+  Hl7Segment,
+  ByteKeys,
+  bytesEqual,
+  viewOf,
+  hl7Problem,
+  latin1Text,
+  parseNumber,
+  rangeSlot,
+  type AckTarget,
+  type Hl7ParseOptions,
+  type Hl7Problem,
+} from './hl7.js';
+import {
+  fixedOffset,
+  hl7TimeHasOffset,
+  parseHl7TimeBytes,
+  zoneOffsets,
+  type Hl7Time,
+  type Hl7TimeOut,
+  type TimeZoneRule,
+  type ZoneOffsets,
+} from './hl7-time.js';
+
+/** Options for `decodePcd01`. */
+export interface Pcd01Options {
+  /** Zone for times sent without an offset: IANA name or `ZoneOffsets`. Default `Europe/Copenhagen`. */
+  readonly timezone?: string | ZoneOffsets;
+  /** Character set assumed when MSH-18 is empty (see `Hl7ParseOptions.defaultCharset`). */
+  readonly defaultCharset?: string;
+  /**
+   * HL7 v2.6 2.A.22: a time without an offset is in "the local time zone of the sender". When
+   * true (default) and MSH-7 carries an offset, the other times of the message without one take
+   * MSH-7's offset; otherwise, and when false, they are read in `timezone`.
+   */
+  readonly senderOffset?: boolean;
+}
+
+/**
+ * The MSH of a PCD-01 message. Also an `AckTarget`: pass it to `buildAck` (it holds copies, so
+ * the frame buffer may be reused before the ACK is built).
+ */
+export interface Pcd01Header extends AckTarget {
+  /** MSH-3 as text (`ACME_Gateway^080019FFFE3ED02D^EUI-64`); with MSH-4, the sender's identity. */
+  readonly sendingApplication: string;
+  /** MSH-4 as text. */
+  readonly sendingFacility: string;
+  /** PCD-01: the EUI-64 in MSH-3 (HD-2 with HD-3 `EUI-64`), upper case; `null` if none. */
+  readonly eui64: string | null;
+  /** MSH-7, `null` when empty or not a valid DTM (then there is a warning). */
+  readonly messageTime: Hl7Time | null;
+  /** MSH-9.1 (`ORU`). */
+  readonly messageCode: string;
+  /** MSH-9.3 (`ORU_R01`), `''` when not sent. */
+  readonly messageStructure: string;
+  /** MSH-10, decoded (a capture that wrapped it is joined). */
+  readonly controlId: string;
+  /** MSH-11.1: `P` production, `D` debugging, `T` training (Measurements get `DEMO`). */
+  readonly processingId: string;
+  /** MSH-12.1 (`2.6`). */
+  readonly version: string;
+  /** MSH-18 as sent (`8859/1`, `UNICODE UTF-8`); `''` when empty. */
+  readonly charset: string;
+  /** MSH-21.1 of the first repetition (`IHE_PCD_001`), informative only. */
+  readonly profile: string;
+  /** Device id for rows without OBX-18 or a containing device row: the EUI-64, else MSH-3.1, else MSH-4.1. */
+  readonly defaultDevice: string;
+}
+
+/** An OBX row that could not become a Measurement. */
+export interface RejectedRow {
+  /** Which OBX of the message (1-based occurrence, the `n` in `OBX[n]`). */
+  readonly obx: number;
+  /** The segment's bytes as received (a copy; personal data possible: keep, never log). */
+  readonly raw: Buffer;
+  readonly problem: Hl7Problem;
+}
+
+/** What `decodePcd01` found. */
+export interface Pcd01Result {
+  /** The MSH, `null` when there is no usable MSH (then `fatal` is set). */
+  readonly header: Pcd01Header | null;
+  /** One per OBX row that carries a value, in message order. */
+  readonly measurements: Measurement[];
+  /** Per-row errors (also in `rejectedRows`) and warnings; `fatal` is not repeated here. */
+  readonly problems: Hl7Problem[];
+  readonly rejectedRows: RejectedRow[];
+  /** Why the message as a whole cannot be used (no MSH, not an ORU, no OBX …), else `null`. */
+  readonly fatal: Hl7Problem | null;
+}
+
+// PCD-01 message types (MSH-9.1^9.2): PCD-01, PCD-04 (alarms), PCD-10 (infusion events).
+const SUPPORTED_TRIGGERS = new Set(['R01', 'R40', 'R42']);
+
+// IEEE 11073-20601 §F.8: special values of the 24-bit-mantissa FLOAT, as sent in OBX-5.
+const SPECIAL_VALUES: ReadonlyMap<number, string> = new Map([
+  [8388607, 'NaN'],
+  [8388608, 'NRes'],
+  [8388606, '+INF'],
+  [8388610, '-INF'],
+  [8388609, 'reserved'],
+]);
+const SPECIAL_MIN = 8388606;
+const SPECIAL_MAX = 8388610;
+
+// CX-4 / CX-5 that mark a Danish CPR number (CPR register OID; identifier type "NNDNK").
+const CPR_OID = '1.2.208.176.1.2';
+const CPR_TYPE = 'NNDNK';
+
+// A PID-3 id that is a placeholder, not a patient ("Unknown Patient", "0", "N/A").
+const PLACEHOLDER_ID = /^(?:unknown|ukendt|none|null|n\/?a|x+|0+|-+|\?+)$/i;
+
+const enum ValueType {
+  Empty,
+  NM,
+  SN,
+  NA,
+  Text,
+}
+
+// Device rows (MDS/VMD/CHAN) per message that can lend their OBX-18 to contained metrics. More
+// are ignored: bounds the per-row prefix search.
+const MAX_DEVICES = 256;
+
+// Interpretations of row bytes, cached by those bytes: direct-mapped, 2048 entries of up to 128
+// bytes each (256 KiB per cache); longer keys are simply not cached.
+const CACHE_BITS = 11;
+const CACHE_KEY_BYTES = 128;
+
+/**
+ * A direct-mapped cache from the exact bytes of a range (printable ASCII without the escape
+ * character only, so the charset cannot matter) plus the message's delimiters to a value
+ * derived from them. A miss costs the derivation and one key string.
+ */
+class RangeCache<T> {
+  private readonly keys = new ByteKeys(CACHE_BITS, CACHE_KEY_BYTES);
+  private readonly values: (T | undefined)[] = new Array<T | undefined>(1 << CACHE_BITS).fill(undefined);
+  private slot = 0;
+
+  get(bytes: Uint8Array, view: DataView, s: number, e: number, sig: number): T | undefined {
+    const slot = this.keys.slotOf(bytes, s, e, sig);
+    this.slot = slot;
+    return this.keys.matches(slot, bytes, view, bytes.byteOffset, s, e, sig) ? this.values[slot] : undefined;
+  }
+
+  /** Stores `value` for the range last passed to `get`, when its bytes are cacheable. */
+  set(bytes: Uint8Array, s: number, e: number, sig: number, esc: number, value: T): void {
+    for (let i = s; i < e; i++) {
+      const c = bytes[i]!;
+      if (c < 0x20 || c > 0x7e || c === esc) return;
+    }
+    if (this.keys.store(this.slot, bytes, s, e, sig)) this.values[this.slot] = value;
+  }
+}
+
+/** What OBX-2..OBX-4 of a row say (cached by the bytes from OBX-2 to the end of OBX-4). */
+interface RowHead {
+  readonly valueType: ValueType;
+  readonly code: string;
+  readonly refid: string;
+  readonly system: string;
+  readonly containment: string;
+  /** Offset of the trimmed OBX-4 from the start of OBX-2, and its length. */
+  readonly pathOffset: number;
+  readonly pathLength: number;
+  /** Length of OBX-4 without trailing `.0` levels (the device-tree key of MDS/VMD/CHAN rows). */
+  readonly deviceKeyLength: number;
+  /** OBX-4 names an MDS/VMD/CHAN (`x.0.0.0`, `x.y.0.0`, `x.y.z.0`, or a single `x`). */
+  readonly devicePath: boolean;
+}
+
+/** What OBX-6..OBX-13 of a row say (cached by those bytes). */
+interface RowTail {
+  readonly unit: string;
+  /** Quality flags from OBX-8 and OBX-11. */
+  readonly flags: number;
+}
+
+/** Where the parts of the OBX row being decoded are, and what its cached parts mean. */
+interface RowParts {
+  head: RowHead | null;
+  /** Start of OBX-2 (containment offsets in `head` are relative to it). */
+  hs: number;
+  /** OBX-5 (first repetition and beyond), `[vs, ve)`. */
+  vs: number;
+  ve: number;
+  unit: string;
+  /** Quality flags from OBX-8 and OBX-11. */
+  tailFlags: number;
+  /** OBX-14, `[ts, te)`; empty when absent. */
+  ts: number;
+  te: number;
+  /** OBX-14 has the same bytes as the last time parsed in this message. */
+  timeSame: boolean;
+  /** From OBX-18 (EI-1, else EI-3), `''` when empty. */
+  deviceId: string;
+}
+
+const rowParts: RowParts = { head: null, hs: 0, vs: 0, ve: 0, unit: '', tailFlags: 0, ts: 0, te: 0, timeSame: false, deviceId: '' };
+
+/** What a row template stands for: everything in an OBX except OBX-1, OBX-5 and OBX-14. */
+interface RowTemplate {
+  readonly head: RowHead;
+  readonly unit: string;
+  readonly tailFlags: number;
+  readonly deviceId: string;
+  /** The row has an OBX-14 field (the template's bytes are split around it). */
+  readonly hasTime: boolean;
+}
+
+// Templates: 1024 sets of 2 ways, up to 256 bytes each (512 KiB). A set is chosen by the first
+// TEMPLATE_PROBE bytes of OBX-2.. (value type, start of the code).
+const TEMPLATE_SET_BITS = 10;
+const TEMPLATE_WAYS = 2;
+const TEMPLATE_WIDTH = 256;
+const TEMPLATE_PROBE = 12;
+
+/**
+ * Row templates: the bytes of an OBX from OBX-2 up to OBX-5 ("head"), from the end of OBX-5 up
+ * to OBX-14 ("tail") and from the end of OBX-14 to the end of the segment ("rest"), with what
+ * they mean. A monitor repeats its rows with only the value and the time changing, so a hit
+ * replaces the field scan and three cache lookups by three comparisons, four bytes at a time.
+ */
+class TemplateCache {
+  private readonly slab = new Uint8Array((TEMPLATE_WAYS << TEMPLATE_SET_BITS) * TEMPLATE_WIDTH);
+  private readonly slabView = viewOf(this.slab);
+  private readonly headLength = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS).fill(-1);
+  private readonly tailLength = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS);
+  private readonly restLength = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS);
+  private readonly sigs = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS);
+  private readonly values: (RowTemplate | undefined)[] = new Array<RowTemplate | undefined>(TEMPLATE_WAYS << TEMPLATE_SET_BITS).fill(undefined);
+  private readonly recent = new Uint8Array(1 << TEMPLATE_SET_BITS);
+
+  /** Looks up the row whose OBX-2 starts at `hs`; on a hit fills `row` and returns true. */
+  match(
+    bytes: Uint8Array,
+    view: DataView,
+    at: number,
+    hs: number,
+    e0: number,
+    sig: number,
+    fs: number,
+    timeStart: number,
+    timeLength: number,
+    row: RowParts,
+  ): boolean {
+    const set = this.setOf(view, at + hs, sig);
+    for (let w = 0; w < TEMPLATE_WAYS; w++) {
+      const k = set * TEMPLATE_WAYS + w;
+      const lh = this.headLength[k]!;
+      if (lh < 0 || this.sigs[k] !== sig || hs + lh > e0) continue;
+      const base = k * TEMPLATE_WIDTH;
+      if (!this.equal(base, bytes, view, at, hs, lh)) continue;
+      const vs = hs + lh;
+      let ve = vs;
+      while (ve < e0 && bytes[ve] !== fs) ve++;
+      const lt = this.tailLength[k]!;
+      if (ve + lt > e0 || !this.equal(base + lh, bytes, view, at, ve, lt)) continue;
+      const t = this.values[k]!;
+      let ts = e0;
+      let te = e0;
+      let timeSame = false;
+      if (t.hasTime) {
+        ts = ve + lt;
+        // Usually the same time as the previous row: try its bytes before scanning.
+        te = ts + timeLength;
+        timeSame =
+          timeStart >= 0 &&
+          te <= e0 &&
+          (te === e0 || bytes[te] === fs) &&
+          sameBytes(bytes, view, at, timeStart, ts, timeLength, timeLength);
+        if (!timeSame) {
+          te = ts;
+          while (te < e0 && bytes[te] !== fs) te++;
+        }
+        const lp = this.restLength[k]!;
+        if (te + lp !== e0 || !this.equal(base + lh + lt, bytes, view, at, te, lp)) continue;
+      } else if (ve + lt !== e0) {
+        continue;
+      }
+      this.recent[set] = w;
+      row.head = t.head;
+      row.hs = hs;
+      row.vs = vs;
+      row.ve = ve;
+      row.unit = t.unit;
+      row.tailFlags = t.tailFlags;
+      row.ts = ts;
+      row.te = te;
+      row.timeSame = timeSame;
+      row.deviceId = t.deviceId;
+      return true;
+    }
+    return false;
+  }
+
+  /** Caches the row read by the slow path (only printable ASCII without the escape byte). */
+  store(
+    bytes: Uint8Array,
+    view: DataView,
+    at: number,
+    hs: number,
+    vs: number,
+    ve: number,
+    ts: number,
+    te: number,
+    hasTime: boolean,
+    e0: number,
+    sig: number,
+    esc: number,
+    value: RowTemplate,
+  ): void {
+    const lh = vs - hs;
+    const lt = (hasTime ? ts : e0) - ve;
+    const lp = hasTime ? e0 - te : 0;
+    if (lh < TEMPLATE_PROBE || lh + lt + lp > TEMPLATE_WIDTH) return;
+    if (!printable(bytes, hs, vs, esc) || !printable(bytes, ve, ve + lt, esc) || !printable(bytes, te, te + lp, esc)) return;
+    const set = this.setOf(view, at + hs, sig);
+    // Replace a way holding the same head (the tail or rest changed), else the older way.
+    let w = this.recent[set] === 0 ? 1 : 0;
+    for (let x = 0; x < TEMPLATE_WAYS; x++) {
+      const k = set * TEMPLATE_WAYS + x;
+      if (this.headLength[k] === lh && this.sigs[k] === sig && this.equal(k * TEMPLATE_WIDTH, bytes, view, at, hs, lh)) w = x;
+    }
+    const k = set * TEMPLATE_WAYS + w;
+    const base = k * TEMPLATE_WIDTH;
+    this.slab.set(bytes.subarray(hs, vs), base);
+    this.slab.set(bytes.subarray(ve, ve + lt), base + lh);
+    if (lp > 0) this.slab.set(bytes.subarray(te, e0), base + lh + lt);
+    this.headLength[k] = lh;
+    this.tailLength[k] = lt;
+    this.restLength[k] = lp;
+    this.sigs[k] = sig;
+    this.values[k] = value;
+    this.recent[set] = w;
+  }
+
+  // slab[base, base + n) equals bytes[s, s + n) (`view` reads bytes[i] at at + i), eight bytes
+  // at a time; the last word overlaps the one before instead of a byte loop. Comparing the
+  // words as float64 is exact here: template bytes are printable ASCII (0x20–0x7e), so a slab
+  // word is never NaN (exponent bits all ones needs a 0x7f/0xff byte) nor ±0, and two doubles
+  // that are neither are === only when their bits are equal.
+  private equal(base: number, bytes: Uint8Array, view: DataView, at: number, s: number, n: number): boolean {
+    const slab = this.slabView;
+    const o = at + s;
+    if (n >= 8) {
+      const lastWord = n - 8;
+      for (let i = 0; i < lastWord; i += 8) if (slab.getFloat64(base + i, true) !== view.getFloat64(o + i, true)) return false;
+      return slab.getFloat64(base + lastWord, true) === view.getFloat64(o + lastWord, true);
+    }
+    if (n >= 4) {
+      return slab.getInt32(base, true) === view.getInt32(o, true) && slab.getInt32(base + n - 4, true) === view.getInt32(o + n - 4, true);
+    }
+    const raw = this.slab;
+    for (let i = 0; i < n; i++) if (raw[base + i] !== bytes[s + i]) return false;
+    return true;
+  }
+
+  // The set of the row whose OBX-2 starts at hs: a hash of its first TEMPLATE_PROBE (12) bytes.
+  private setOf(view: DataView, o: number, sig: number): number {
+    let h = Math.imul(view.getInt32(o, true) ^ sig, 0x9e3779b1);
+    h = Math.imul(h ^ view.getInt32(o + 4, true), 0x85ebca6b);
+    h = Math.imul(h ^ view.getInt32(o + 8, true), 0xc2b2ae35);
+    return (h ^ (h >>> 16)) & ((1 << TEMPLATE_SET_BITS) - 1);
+  }
+}
+
+function printable(bytes: Uint8Array, s: number, e: number, esc: number): boolean {
+  for (let i = s; i < e; i++) {
+    const c = bytes[i]!;
+    if (c < 0x20 || c > 0x7e || c === esc) return false;
+  }
+  return true;
+}
+
+const templates = new TemplateCache();
+const headCache = new RangeCache<RowHead>();
+// PV1-3 (ward/room/bed: not personal data) → location.
+const locationCache = new RangeCache<{ readonly location: string | null }>();
+const tailCache = new RangeCache<RowTail>();
+const deviceCache = new RangeCache<string>();
+
+// Per-call scratch (the decoder is synchronous and never re-entered).
+const rowSegment = new Hl7Segment();
+const timeOut: Hl7TimeOut = { ms: 0, tzOffset: 0 };
+const devStarts: number[] = [];
+const devEnds: number[] = [];
+const devIds: string[] = [];
+// OBX field offsets: fieldStart[n] is where OBX-n starts; fields past OBX-18 are not needed.
+const LAST_FIELD = 18;
+const fieldStart = new Int32Array(LAST_FIELD + 2);
+
+function resolveZone(tz: string | ZoneOffsets | undefined): ZoneOffsets {
+  if (tz === undefined) return zoneOffsets();
+  return typeof tz === 'string' ? zoneOffsets(tz) : tz;
+}
+
+/**
+ * Decodes one PCD-01 (or PCD-04/PCD-10) message from its bytes. See `decodePcd01Message`.
+ * Never throws: an unreadable message comes back with `fatal`.
+ */
+export function decodePcd01(bytes: Uint8Array, options?: Pcd01Options): Pcd01Result {
+  const parseOptions: Hl7ParseOptions | undefined =
+    options?.defaultCharset === undefined ? undefined : { defaultCharset: options.defaultCharset };
+  return decodePcd01Message(Hl7Message.parse(bytes, 0, bytes.length, parseOptions), options);
+}
+
+/**
+ * Decodes a message already read with `Hl7Message.parse`.
+ *
+ * Per OBX row: OBX-3 `code^refid^system` (code kept as sent, refid carried for the pipeline's
+ * cross-check), OBX-4 containment, OBX-5 by OBX-2 (NM → number; SN with only a number → number;
+ * NA and text types → `text`), OBX-6 unit (UCUM when given, else the MDC refid, else the text),
+ * OBX-8/OBX-11 → quality flags, time OBX-14 → OBR-7 → MSH-7, device OBX-18 → containing
+ * MDS/VMD/CHAN row's OBX-18 → MSH-3 EUI-64 → MSH-3 → MSH-4. Rows without a value (device
+ * description rows) are neither Measurements nor problems. PID-3 gives the patient (CPR when
+ * marked as such), PV1-3 the location.
+ */
+export function decodePcd01Message(msg: Hl7Message, options?: Pcd01Options): Pcd01Result {
+  if (msg.fatal !== null) {
+    return { header: null, measurements: [], problems: msg.warnings.slice(), rejectedRows: [], fatal: msg.fatal };
+  }
+  const problems: Hl7Problem[] = [];
+  const configured = resolveZone(options?.timezone);
+  const msh = msg.header!;
+  const header = readHeader(msg, msh, configured, problems);
+  const fatal = checkType(header);
+  if (fatal !== null) return done(msg, header, [], problems, [], fatal);
+  // HL7 v2.6 2.A.22: times without an offset are the sender's local time; MSH-7's offset, when
+  // stated, is the best evidence of it.
+  const zone: TimeZoneRule =
+    options?.senderOffset !== false &&
+    header.messageTime !== null &&
+    msh.locate(7, 1, 1, 1) &&
+    hl7TimeHasOffset(msg.bytes, msh.leafStart, msh.leafEnd)
+      ? fixedOffset(header.messageTime.tzOffset)
+      : configured;
+
+  const d = new MessageDecoder(msg, header, zone, problems);
+  const bytes = msg.bytes;
+  const count = msg.segmentCount;
+  for (let i = 1; i < count; i++) {
+    const s0 = msg.segmentStart(i);
+    const b0 = bytes[s0];
+    const b1 = bytes[s0 + 1];
+    const b2 = bytes[s0 + 2];
+    if (b0 === 0x4f && b1 === 0x42 && b2 === 0x58) d.obx(i, s0, msg.segmentEnd(i));
+    else if (b0 === 0x4f && b1 === 0x42 && b2 === 0x52) d.obr(i);
+    else if (b0 === 0x50 && b1 === 0x49 && b2 === 0x44) d.pid(i);
+    else if (b0 === 0x50 && b1 === 0x56 && b2 === 0x31) d.pv1(i);
+  }
+  d.finish();
+  if (d.obxCount === 0) {
+    return done(
+      msg,
+      header,
+      d.measurements,
+      problems,
+      d.rejectedRows,
+      hl7Problem(ErrorCode.HL7_BAD_SEGMENT, Hl7ErrorCondition.SEGMENT_SEQUENCE_ERROR, 'OBX', 'the message has no OBX segment: no observations to store'),
+    );
+  }
+  return done(msg, header, d.measurements, problems, d.rejectedRows, null);
+}
+
+/** The state of decoding one message: the current patient, location, OBR time and device tree. */
+class MessageDecoder {
+  readonly measurements: Measurement[] = [];
+  readonly rejectedRows: RejectedRow[] = [];
+  obxCount = 0;
+
+  private readonly bytes: Buffer;
+  private readonly view: DataView;
+  private readonly at: number;
+  private readonly fs: number;
+  private readonly cs: number;
+  private readonly rs: number;
+  private readonly ss: number;
+  private readonly esc: number;
+  private readonly sig: number;
+  private readonly fsWord: number;
+  private readonly baseFlags: number;
+  private readonly defaultDevice: string;
+  private readonly mshTime: Hl7Time | null;
+  // MSH-7's bytes: an OBR-7 equal to them needs no second parse.
+  private readonly mshTimeStart: number;
+  private readonly mshTimeEnd: number;
+  private readonly seg = rowSegment;
+  private patient: PatientId | null = null;
+  private location: string | null = null;
+  private groupTime: Hl7Time | null;
+  private seenObr = false;
+  private devices = 0;
+  // One-entry cache of the last OBX-14 field (bytes in this message) and its meaning.
+  private lastTimeStart = -1;
+  private lastTimeLength = 0;
+  private lastTimeMs = 0;
+  private lastTimeTz = 0;
+
+  constructor(
+    private readonly msg: Hl7Message,
+    header: Pcd01Header,
+    private readonly zone: TimeZoneRule,
+    private readonly problems: Hl7Problem[],
+  ) {
+    this.bytes = msg.bytes;
+    this.view = msg.view;
+    this.at = msg.viewOffset;
+    this.fs = msg.fs;
+    this.cs = msg.cs;
+    this.rs = msg.rs;
+    this.ss = msg.ss;
+    this.esc = msg.es;
+    this.sig = signature(msg);
+    this.fsWord = Math.imul(msg.fs, 0x01010101);
+    // HL7 v2.6 2.14.9.11 MSH-11 "T" (training): never chart.
+    this.baseFlags = header.processingId === 'T' ? Quality.DEMO : 0;
+    this.defaultDevice = header.defaultDevice;
+    this.mshTime = header.messageTime;
+    this.groupTime = header.messageTime;
+    const msh = msg.header!;
+    const hasMshTime = msh.locate(7, 1, 1, 1);
+    this.mshTimeStart = hasMshTime ? msh.leafStart : 0;
+    this.mshTimeEnd = hasMshTime ? msh.leafEnd : 0;
+  }
+
+  /** Clears the module-level device scratch (it may hold ids of this message). */
+  finish(): void {
+    for (let d = 0; d < this.devices; d++) devIds[d] = '';
+  }
+
+  /** OBR: OBR-7 (observation date/time) is the time of the OBX rows that follow. */
+  obr(i: number): void {
+    this.seenObr = true;
+    this.groupTime = this.mshTime;
+    const seg = this.msg.segment(i, this.seg)!;
+    if (seg.locate(7, 1, 1, 1) && seg.leafEnd > seg.leafStart) {
+      const s = seg.leafStart;
+      const e = seg.leafEnd;
+      const n = this.mshTimeEnd - this.mshTimeStart;
+      if (this.mshTime !== null && sameBytes(this.bytes, this.view, this.at, this.mshTimeStart, s, n, e - s)) return;
+      if (parseTime(this.msg, s, e, seg.wasContinued, this.zone)) {
+        this.groupTime = { ms: timeOut.ms, tzOffset: timeOut.tzOffset };
+      } else {
+        this.problems.push(
+          hl7Problem(ErrorCode.HL7_BAD_TIME, Hl7ErrorCondition.DATA_TYPE_ERROR, 'OBR-7', 'OBR-7 is not a valid HL7 date/time; MSH-7 used instead', 'W'),
+        );
+      }
+    }
+  }
+
+  /** PID: a new patient group (ORU_R01 PATIENT_RESULT repeats). */
+  pid(i: number): void {
+    this.patient = readPatient(this.msg, this.msg.segment(i, this.seg)!, this.problems);
+    this.location = null;
+  }
+
+  pv1(i: number): void {
+    const seg = this.msg.segment(i, this.seg)!;
+    if (!seg.fieldRange(3)) {
+      this.location = null;
+      return;
+    }
+    const s = seg.leafStart;
+    const e = seg.leafEnd;
+    const cached = locationCache.get(this.bytes, this.view, s, e, this.sig);
+    if (cached !== undefined) {
+      this.location = cached.location;
+      return;
+    }
+    const location = readLocation(seg);
+    locationCache.set(this.bytes, s, e, this.sig, this.esc, { location });
+    this.location = location;
+  }
+
+  /** One OBX row (segment i, bytes [s0, e0)) → a Measurement, a rejected row, or nothing. */
+  obx(i: number, s0: number, e0: number): void {
+    const bytes = this.bytes;
+    const obx = ++this.obxCount;
+    if (!this.seenObr && obx === 1) {
+      this.problems.push(
+        hl7Problem(ErrorCode.HL7_BAD_SEGMENT, '100', 'OBX[1]', 'OBX before any OBR (ORU_R01 expects OBR first); MSH-7 used as its time', 'W'),
+      );
+    }
+    const row = rowParts;
+    if (!this.matchTemplate(s0, e0, row)) this.scanRow(i, s0, e0, row);
+    const head = row.head!;
+    const hs = row.hs;
+    const vs = row.vs;
+    const ve = row.ve;
+
+    // Rows without a value describe the device tree (MDS/VMD/CHAN): nothing to store, but their
+    // OBX-18 names the device of the rows they contain.
+    const hasValue = !isNull(bytes, vs, ve);
+    if (!hasValue || head.devicePath) {
+      if (head.pathLength > 0 && this.devices < MAX_DEVICES && row.deviceId !== '') {
+        const d = this.devices++;
+        devStarts[d] = hs + head.pathOffset;
+        devEnds[d] = hs + head.pathOffset + head.deviceKeyLength;
+        devIds[d] = row.deviceId;
+      }
+      if (!hasValue) return;
+    }
+    const code = head.code;
+    const refid = head.refid;
+    const system = head.system;
+    if (code === '' && refid === '') {
+      this.reject(
+        i,
+        obx,
+        hl7Problem(
+          ErrorCode.HL7_MISSING_FIELD,
+          Hl7ErrorCondition.REQUIRED_FIELD_MISSING,
+          `OBX[${obx}]-3`,
+          `OBX[${obx}]-3 (observation identifier) is empty; the row carries a value nobody can name`,
+        ),
+      );
+      return;
+    }
+
+    // OBX-5 by OBX-2.
+    let value = Number.NaN;
+    let text: string | null = null;
+    const vt = head.valueType;
+    if (vt === ValueType.NM || vt === ValueType.Empty) {
+      const cs = this.cs;
+      const rs = this.rs;
+      const ss = this.ss;
+      let v1 = vs;
+      while (v1 < ve) {
+        const c = bytes[v1];
+        if (c === cs || c === rs || c === ss) break;
+        v1++;
+      }
+      value = parseNumber(bytes, vs, v1);
+      if (value !== value && this.msg.segmentContinued(i)) value = numberOfText(this.msg.text(vs, v1));
+      if (value !== value) {
+        if (vt === ValueType.NM) {
+          this.reject(
+            i,
+            obx,
+            hl7Problem(
+              ErrorCode.HL7_BAD_VALUE,
+              Hl7ErrorCondition.DATA_TYPE_ERROR,
+              `OBX[${obx}]-5`,
+              `OBX[${obx}]-5 is not a number although OBX-2 is NM (OBX-3 ${describeCode(code, refid, system)})`,
+            ),
+          );
+          return;
+        }
+        text = repetitionText(this.msg, this.msg.segment(i, this.seg)!);
+      }
+    } else if (vt === ValueType.SN) {
+      // SN: comparator ^ num1 ^ separator/suffix ^ num2; a plain "=n" / "n" is a number.
+      const seg = this.msg.segment(i, this.seg)!;
+      const comparator = seg.get(5, 1).trim();
+      value = comparator === '' || comparator === '=' ? seg.number(5, 2) : Number.NaN;
+      if (seg.has(5, 3) || seg.has(5, 4) || value !== value) {
+        value = Number.NaN;
+        text = repetitionText(this.msg, seg);
+      }
+    } else {
+      // NA arrays, ST/TX/FT, CWE/CE/CNE, DTM …: kept as text.
+      text = repetitionText(this.msg, this.msg.segment(i, this.seg)!);
+    }
+    let flags = this.baseFlags | row.tailFlags;
+    if (value >= SPECIAL_MIN && value <= SPECIAL_MAX) {
+      // IEEE 11073-20601 §F.8: NaN/NRes/±INF sent as numbers are not measurements.
+      const special = SPECIAL_VALUES.get(value);
+      if (special !== undefined) {
+        value = Number.NaN;
+        text = special;
+        flags |= Quality.INVALID;
+      }
+    }
+
+    // OBX-14 observation time, else OBR-7, else MSH-7.
+    let time = Number.NaN;
+    let tzOffset = 0;
+    const ts = row.ts;
+    const te = row.te;
+    if (te > ts) {
+      if (row.timeSame || (this.lastTimeStart >= 0 && sameBytes(bytes, this.view, this.at, this.lastTimeStart, ts, this.lastTimeLength, te - ts))) {
+        time = this.lastTimeMs;
+        tzOffset = this.lastTimeTz;
+      } else {
+        // TS/DTM: the time is component 1 (v2.5 TS-2 "degree of precision" is ignored).
+        let t1 = ts;
+        while (t1 < te) {
+          const c = bytes[t1];
+          if (c === this.cs || c === this.rs) break;
+          t1++;
+        }
+        if (t1 === ts) {
+          // An empty first component: no time in this row.
+        } else if (parseTime(this.msg, ts, t1, this.msg.segmentContinued(i), this.zone)) {
+          time = this.lastTimeMs = timeOut.ms;
+          tzOffset = this.lastTimeTz = timeOut.tzOffset;
+          this.lastTimeStart = ts;
+          this.lastTimeLength = te - ts;
+        } else {
+          this.problems.push(
+            hl7Problem(
+              ErrorCode.HL7_BAD_TIME,
+              Hl7ErrorCondition.DATA_TYPE_ERROR,
+              `OBX[${obx}]-14`,
+              `OBX[${obx}]-14 is not a valid HL7 date/time; ${this.groupTime === this.mshTime ? 'MSH-7' : 'OBR-7'} used instead`,
+              'W',
+            ),
+          );
+        }
+      }
+    }
+    if (time !== time && this.groupTime !== null) {
+      time = this.groupTime.ms;
+      tzOffset = this.groupTime.tzOffset;
+    }
+    if (time !== time) {
+      this.reject(
+        i,
+        obx,
+        hl7Problem(
+          ErrorCode.HL7_BAD_TIME,
+          Hl7ErrorCondition.REQUIRED_FIELD_MISSING,
+          `OBX[${obx}]-14`,
+          `OBX[${obx}] has no usable time (OBX-14, OBR-7 and MSH-7 are empty or invalid)`,
+        ),
+      );
+      return;
+    }
+
+    // PCD-01: OBX-18 equipment instance identifier, else the containing device row's, else MSH-3.
+    let deviceId = row.deviceId;
+    if (deviceId === '' && this.devices > 0 && head.pathLength > 0) {
+      deviceId = containingDevice(bytes, hs + head.pathOffset, hs + head.pathOffset + head.pathLength, this.devices);
+    }
+    if (deviceId === '') deviceId = this.defaultDevice;
+
+    this.measurements.push(
+      measurement({
+        deviceId,
+        code,
+        system,
+        refid,
+        value,
+        text,
+        unit: row.unit,
+        time,
+        tzOffset,
+        flags,
+        containment: head.containment,
+        patient: this.patient,
+        location: this.location,
+      }),
+    );
+  }
+
+  /**
+   * Fast path: the row equals a cached template everywhere except OBX-1, OBX-5 and OBX-14 (what
+   * changes between two messages of a monitor). Fills `row` and returns true on a hit.
+   */
+  private matchTemplate(s0: number, e0: number, row: RowParts): boolean {
+    const bytes = this.bytes;
+    const fs = this.fs;
+    if (s0 + 3 >= e0 || bytes[s0 + 3] !== fs) return false;
+    let hs = s0 + 4;
+    while (hs < e0 && bytes[hs] !== fs) hs++;
+    hs++;
+    if (e0 - hs < TEMPLATE_PROBE) return false;
+    return templates.match(bytes, this.view, this.at, hs, e0, this.sig, fs, this.lastTimeStart, this.lastTimeLength, row);
+  }
+
+  /** Slow path: finds the fields of the row (one pass up to OBX-18), reads them, caches a template. */
+  private scanRow(i: number, s0: number, e0: number, row: RowParts): void {
+    const bytes = this.bytes;
+    const fs = this.fs;
+    let last = 0;
+    if (s0 + 3 < e0 && bytes[s0 + 3] === fs) {
+      last = 1;
+      fieldStart[1] = s0 + 4;
+      let p = s0 + 4;
+      const view = this.view;
+      const at = this.at;
+      const fsWord = this.fsWord;
+      // Four bytes at a time (SWAR): the lowest zero byte of word ^ fs is the next separator.
+      while (p + 4 <= e0) {
+        const x = view.getInt32(at + p, true) ^ fsWord;
+        const m = (x - 0x01010101) & ~x & 0x80808080;
+        if (m === 0) {
+          p += 4;
+          continue;
+        }
+        p += (31 - Math.clz32(m & -m)) >> 3;
+        fieldStart[++last] = ++p;
+        if (last > LAST_FIELD) break;
+      }
+      if (last <= LAST_FIELD) {
+        for (; p < e0; p++) {
+          if (bytes[p] === fs) {
+            fieldStart[++last] = p + 1;
+            if (last > LAST_FIELD) break;
+          }
+        }
+      }
+    }
+    // Field n is [fieldStart[n], fieldStart[n + 1] - 1): the last one present ends at e0, absent
+    // ones are empty (start e0 + 1, end e0).
+    for (let n = last + 1; n <= LAST_FIELD + 1; n++) fieldStart[n] = e0 + 1;
+
+    // OBX-2..OBX-4: value type, observation identifier, containment.
+    const hs = last >= 2 ? fieldStart[2]! : e0;
+    const he = last >= 4 ? fieldStart[5]! - 1 : last >= 2 ? fieldStart[last + 1]! - 1 : e0;
+    let head = headCache.get(bytes, this.view, hs, he, this.sig);
+    if (head === undefined) {
+      head = readHead(this.msg, this.msg.segment(i, this.seg)!, hs);
+      headCache.set(bytes, hs, he, this.sig, this.esc, head);
+    }
+    row.head = head;
+    row.hs = hs;
+    row.vs = last >= 5 ? fieldStart[5]! : e0;
+    row.ve = last >= 5 ? fieldStart[6]! - 1 : e0;
+
+    // OBX-6..OBX-13: units, abnormal flags (OBX-8), result status (OBX-11).
+    row.unit = '';
+    row.tailFlags = 0;
+    if (last >= 6) {
+      const ts = fieldStart[6]!;
+      const te = last >= 13 ? fieldStart[14]! - 1 : fieldStart[last + 1]! - 1;
+      let tail = tailCache.get(bytes, this.view, ts, te, this.sig);
+      if (tail === undefined) {
+        tail = readTail(this.msg, this.msg.segment(i, this.seg)!);
+        tailCache.set(bytes, ts, te, this.sig, this.esc, tail);
+      }
+      row.unit = tail.unit;
+      row.tailFlags = tail.flags;
+    }
+    const hasTime = last >= 14;
+    row.ts = hasTime ? fieldStart[14]! : e0;
+    row.te = hasTime ? fieldStart[15]! - 1 : e0;
+    row.timeSame = false;
+    row.deviceId = last >= 18 ? this.deviceOf(i) : '';
+
+    if (last >= 5) {
+      templates.store(bytes, this.view, this.at, hs, row.vs, row.ve, row.ts, row.te, hasTime, e0, this.sig, this.esc, {
+        head,
+        unit: row.unit,
+        tailFlags: row.tailFlags,
+        deviceId: row.deviceId,
+        hasTime,
+      });
+    }
+  }
+
+  // OBX-18 of segment i (EI-1, else EI-3), '' when empty; cached by the field's bytes.
+  private deviceOf(i: number): string {
+    const s = fieldStart[18]!;
+    const e = Math.min(fieldStart[19]! - 1, this.msg.segmentEnd(i));
+    if (e <= s) return '';
+    const bytes = this.bytes;
+    let id = deviceCache.get(bytes, this.view, s, e, this.sig);
+    if (id === undefined) {
+      id = equipmentId(this.msg.segment(i, this.seg)!);
+      deviceCache.set(bytes, s, e, this.sig, this.esc, id);
+    }
+    return id;
+  }
+
+  private reject(i: number, obx: number, problem: Hl7Problem): void {
+    this.problems.push(problem);
+    const raw = Buffer.from(this.bytes.subarray(this.msg.segmentStart(i), this.msg.segmentEnd(i)));
+    this.rejectedRows.push({ obx, raw, problem });
+  }
+}
+
+function readHead(msg: Hl7Message, seg: Hl7Segment, headStart: number): RowHead {
+  const bytes = msg.bytes;
+  const valueType = seg.fieldRange(2) ? valueTypeOf(bytes, seg.leafStart, seg.leafEnd) : ValueType.Empty;
+  const code = seg.get(3, 1).trim();
+  const refid = seg.get(3, 2).trim();
+  const system = seg.get(3, 3).trim();
+  let pathOffset = 0;
+  let pathLength = 0;
+  let containment = '';
+  if (seg.locate(4, 1, 1, 1)) {
+    let s = seg.leafStart;
+    let e = seg.leafEnd;
+    while (s < e && bytes[s] === 0x20) s++;
+    while (e > s && bytes[e - 1] === 0x20) e--;
+    pathOffset = s - headStart;
+    pathLength = e - s;
+    containment = msg.text(s, e);
+  }
+  const s = headStart + pathOffset;
+  let deviceKey = s + pathLength;
+  while (deviceKey - s >= 2 && bytes[deviceKey - 1] === 0x30 && bytes[deviceKey - 2] === 0x2e) deviceKey -= 2;
+  return {
+    valueType,
+    code,
+    refid,
+    system,
+    containment,
+    pathOffset,
+    pathLength,
+    deviceKeyLength: deviceKey - s,
+    devicePath: pathLength > 0 && isDevicePath(bytes, s, s + pathLength),
+  };
+}
+
+function readTail(msg: Hl7Message, seg: Hl7Segment): RowTail {
+  const bytes = msg.bytes;
+  let flags = 0;
+  if (seg.fieldRange(8) && seg.leafEnd > seg.leafStart) flags |= abnormalFlags(bytes, seg.leafStart, seg.leafEnd, msg.rs);
+  if (seg.fieldRange(11) && seg.leafEnd > seg.leafStart) flags |= statusFlags(bytes, seg.leafStart, seg.leafEnd);
+  return { unit: seg.locate(6, 0, 0, 1) && seg.leafEnd > seg.leafStart ? unitOf(seg) : '', flags };
+}
+
+// bytes[a, a + n) equals bytes[b, b + m) (two ranges of one message).
+function sameBytes(bytes: Uint8Array, view: DataView, at: number, a: number, b: number, n: number, m: number): boolean {
+  if (n !== m) return false;
+  let i = 0;
+  for (; i + 4 <= n; i += 4) if (view.getInt32(at + a + i, true) !== view.getInt32(at + b + i, true)) return false;
+  for (; i < n; i++) if (bytes[a + i] !== bytes[b + i]) return false;
+  return true;
+}
+
+function parseTime(msg: Hl7Message, s: number, e: number, continued: boolean, zone: TimeZoneRule): boolean {
+  if (parseHl7TimeBytes(msg.bytes, s, e, zone, timeOut)) return true;
+  if (!continued) return false;
+  // A wrapped segment may have a line break inside the time: parse the joined text.
+  const joined = Buffer.from(msg.text(s, e), 'latin1');
+  return parseHl7TimeBytes(joined, 0, joined.length, zone, timeOut);
+}
+
+function numberOfText(text: string): number {
+  const b = Buffer.from(text, 'latin1');
+  return parseNumber(b, 0, b.length);
+}
+
+function done(
+  msg: Hl7Message,
+  header: Pcd01Header,
+  measurements: Measurement[],
+  problems: Hl7Problem[],
+  rejectedRows: RejectedRow[],
+  fatal: Hl7Problem | null,
+): Pcd01Result {
+  for (const w of msg.warnings) problems.push(w);
+  return { header, measurements, problems, rejectedRows, fatal };
+}
+
+function checkType(header: Pcd01Header): Hl7Problem | null {
+  if (header.messageCode === '') {
+    return hl7Problem(ErrorCode.HL7_MISSING_FIELD, Hl7ErrorCondition.REQUIRED_FIELD_MISSING, 'MSH-9', 'MSH-9 (message type) is empty');
+  }
+  if (header.messageCode !== 'ORU') {
+    return hl7Problem(
+      ErrorCode.HL7_UNSUPPORTED_MESSAGE,
+      Hl7ErrorCondition.UNSUPPORTED_MESSAGE_TYPE,
+      'MSH-9',
+      `message type ${header.messageCode}^${header.trigger} is not accepted here (expected ORU^R01, ORU^R40 or ORU^R42)`,
+    );
+  }
+  if (!SUPPORTED_TRIGGERS.has(header.trigger)) {
+    return hl7Problem(
+      ErrorCode.HL7_UNSUPPORTED_MESSAGE,
+      Hl7ErrorCondition.UNSUPPORTED_EVENT_CODE,
+      'MSH-9',
+      `trigger event ORU^${header.trigger} is not accepted here (expected R01, R40 or R42)`,
+    );
+  }
+  return null;
+}
+
+/** MSH-3/MSH-4 as the header and the device fallback use them (cached by the bytes of MSH-3..4). */
+interface SenderPart {
+  readonly rawSendingApplication: string;
+  readonly rawSendingFacility: string;
+  readonly sendingApplication: string;
+  readonly sendingFacility: string;
+  readonly eui64: string | null;
+  /** Device id for rows without OBX-18: the EUI-64, else MSH-3.1, else MSH-4.1. */
+  readonly defaultDevice: string;
+}
+
+/** MSH-11 to the end of MSH (cached by those bytes; MSH-18 is inside, so the charset is too). */
+interface TrailerPart {
+  readonly rawProcessingId: string;
+  readonly rawVersion: string;
+  readonly rawCharset: string;
+  readonly processingId: string;
+  readonly version: string;
+  readonly profile: string;
+}
+
+/** MSH-9 (cached by its bytes). */
+interface TypePart {
+  readonly messageCode: string;
+  readonly trigger: string;
+  readonly messageStructure: string;
+}
+
+const senderCache = new RangeCache<SenderPart>();
+const typeCache = new RangeCache<TypePart>();
+const trailerCache = new RangeCache<TrailerPart>();
+
+// Signature of a message's delimiters for the caches: what bytes mean depends on them.
+function signature(msg: Hl7Message): number {
+  return (msg.cs & 0xff) | ((msg.rs & 0xff) << 8) | ((msg.es & 0xff) << 16) | ((msg.ss & 0xff) << 24);
+}
+
+function readHeader(msg: Hl7Message, msh: Hl7Segment, zone: TimeZoneRule, problems: Hl7Problem[]): Pcd01Header {
+  const bytes = msg.bytes;
+  const view = msg.view;
+  const sig = signature(msg);
+  const esc = msg.es;
+  let messageTime: Hl7Time | null = null;
+  if (msh.locate(7, 1, 1, 1) && msh.leafEnd > msh.leafStart) {
+    if (parseHl7TimeBytes(bytes, msh.leafStart, msh.leafEnd, zone, timeOut)) {
+      messageTime = { ms: timeOut.ms, tzOffset: timeOut.tzOffset };
+    } else {
+      problems.push(hl7Problem(ErrorCode.HL7_BAD_TIME, Hl7ErrorCondition.DATA_TYPE_ERROR, 'MSH-7', 'MSH-7 is not a valid HL7 date/time', 'W'));
+    }
+  } else {
+    problems.push(hl7Problem(ErrorCode.HL7_MISSING_FIELD, Hl7ErrorCondition.REQUIRED_FIELD_MISSING, 'MSH-7', 'MSH-7 (message time) is empty', 'W'));
+  }
+  // Unique per message: not worth a slot in the string cache.
+  const rawControlId = msh.raw(10, 0, false);
+  // MSH-10 rarely holds escapes: then the decoded id is the raw one.
+  const controlId = (rawControlId.includes(msg.delimiters.escape || '\u0000') ? msh.get(10) : rawControlId).trim();
+  if (controlId === '') {
+    problems.push(
+      hl7Problem(ErrorCode.HL7_MISSING_FIELD, Hl7ErrorCondition.REQUIRED_FIELD_MISSING, 'MSH-10', 'MSH-10 (message control id) is empty; the ACK cannot name the message', 'W'),
+    );
+  }
+
+  let sender: SenderPart | undefined;
+  if (msh.fieldRange(3)) {
+    const s = msh.leafStart;
+    const e = msh.fieldRange(4) ? msh.leafEnd : msh.leafStart;
+    sender = senderCache.get(bytes, view, s, e, sig);
+    if (sender === undefined) {
+      sender = readSender(msg, msh);
+      senderCache.set(bytes, s, e, sig, esc, sender);
+    }
+  } else {
+    sender = readSender(msg, msh);
+  }
+  let type: TypePart | undefined;
+  if (msh.fieldRange(9)) {
+    const s = msh.leafStart;
+    const e = msh.leafEnd;
+    type = typeCache.get(bytes, view, s, e, sig);
+    if (type === undefined) {
+      type = { messageCode: msh.get(9, 1).trim(), trigger: msh.get(9, 2).trim(), messageStructure: msh.get(9, 3).trim() };
+      typeCache.set(bytes, s, e, sig, esc, type);
+    }
+  } else {
+    type = { messageCode: '', trigger: '', messageStructure: '' };
+  }
+  let trailer: TrailerPart | undefined;
+  if (msh.fieldRange(11)) {
+    const s = msh.leafStart;
+    const e = msh.byteEnd;
+    trailer = trailerCache.get(bytes, view, s, e, sig);
+    if (trailer === undefined) {
+      trailer = readTrailer(msh);
+      trailerCache.set(bytes, s, e, sig, esc, trailer);
+    }
+  } else {
+    trailer = readTrailer(msh);
+  }
+
+  return {
+    delimiters: msg.delimiters,
+    encoding: msg.encoding,
+    rawSendingApplication: sender.rawSendingApplication,
+    rawSendingFacility: sender.rawSendingFacility,
+    trigger: type.trigger,
+    rawControlId,
+    rawProcessingId: trailer.rawProcessingId,
+    rawVersion: trailer.rawVersion,
+    rawCharset: trailer.rawCharset,
+    sendingApplication: sender.sendingApplication,
+    sendingFacility: sender.sendingFacility,
+    eui64: sender.eui64,
+    messageTime,
+    messageCode: type.messageCode,
+    messageStructure: type.messageStructure,
+    controlId,
+    processingId: trailer.processingId,
+    version: trailer.version,
+    charset: msg.charsetName,
+    profile: trailer.profile,
+    defaultDevice: sender.defaultDevice,
+  };
+}
+
+function readSender(msg: Hl7Message, msh: Hl7Segment): SenderPart {
+  const eui64 = eui64Of(msh.get(3, 1), msh.get(3, 2), msh.get(3, 3));
+  return {
+    rawSendingApplication: msh.raw(3),
+    rawSendingFacility: msh.raw(4),
+    sendingApplication: fieldText(msg, msh, 3),
+    sendingFacility: fieldText(msg, msh, 4),
+    eui64,
+    defaultDevice: eui64 ?? (firstComponent(msh, 3) || firstComponent(msh, 4)),
+  };
+}
+
+function readTrailer(msh: Hl7Segment): TrailerPart {
+  return {
+    rawProcessingId: msh.raw(11),
+    rawVersion: msh.raw(12),
+    rawCharset: msh.raw(18),
+    processingId: msh.get(11, 1).trim(),
+    version: msh.get(12, 1).trim(),
+    profile: msh.get(21, 1).trim(),
+  };
+}
+
+const HEX16 = /^[0-9A-Fa-f]{16}$/;
+const EUI64_TYPE = /^EUI-?64$/i;
+
+/** The EUI-64 in an HD (`ns^EUI^EUI-64`, or the malformed `EUI^EUI-64` some senders use). */
+function eui64Of(namespace: string, universalId: string, type: string): string | null {
+  const ns = namespace.trim();
+  const uid = universalId.trim();
+  if (EUI64_TYPE.test(type.trim()) && HEX16.test(uid)) return uid.toUpperCase();
+  if (EUI64_TYPE.test(uid) && HEX16.test(ns)) return ns.toUpperCase();
+  return null;
+}
+
+function firstComponent(seg: Hl7Segment, field: number): string {
+  return seg.get(field, 1).trim();
+}
+
+/** A field's first repetition as text: components joined by `^`, subcomponents by `&`, trailing empties dropped. */
+function fieldText(msg: Hl7Message, seg: Hl7Segment, field: number): string {
+  return seg.locate(field, 0, 0, 1) ? renderRepetition(msg, seg.leafStart, seg.leafEnd) : '';
+}
+
+function repetitionText(msg: Hl7Message, seg: Hl7Segment): string {
+  seg.locate(5, 0, 0, 1);
+  return renderRepetition(msg, seg.leafStart, seg.leafEnd);
+}
+
+// Decodes a repetition leaf by leaf and writes it with the standard separators, so a value
+// looks the same whatever delimiters the sender chose.
+function renderRepetition(msg: Hl7Message, s: number, e: number): string {
+  const bytes = msg.bytes;
+  const cs = msg.cs;
+  const ss = msg.ss;
+  let simple = true;
+  for (let i = s; i < e; i++) {
+    const c = bytes[i];
+    if (c === cs || c === ss) {
+      simple = false;
+      break;
+    }
+  }
+  if (simple) return msg.text(s, e);
+  let out = '';
+  let leafStart = s;
+  for (let i = s; i <= e; i++) {
+    const c = i < e ? bytes[i] : -2;
+    if (c === cs || c === ss || i === e) {
+      out += msg.text(leafStart, i);
+      if (i < e) out += c === cs ? '^' : '&';
+      leafStart = i + 1;
+    }
+  }
+  let end = out.length;
+  while (end > 0 && (out[end - 1] === '^' || out[end - 1] === '&')) end--;
+  return end === out.length ? out : out.slice(0, end);
+}
+
+function isNull(bytes: Uint8Array, s: number, e: number): boolean {
+  // Empty, only spaces, or HL7's explicit null `""`.
+  while (s < e && bytes[s] === 0x20) s++;
+  while (e > s && bytes[e - 1] === 0x20) e--;
+  return s === e || (e - s === 2 && bytes[s] === 0x22 && bytes[s + 1] === 0x22);
+}
+
+/** A containment path of a device row: `x.0.0.0`, `x.y.0.0`, `x.y.z.0` (or a single `x`). */
+function isDevicePath(bytes: Uint8Array, s: number, e: number): boolean {
+  if (e - s < 2) return e > s && bytes[s] !== 0x30;
+  return bytes[e - 1] === 0x30 && bytes[e - 2] === 0x2e;
+}
+
+function valueTypeOf(bytes: Uint8Array, s: number, e: number): ValueType {
+  while (s < e && bytes[s] === 0x20) s++;
+  while (e > s && bytes[e - 1] === 0x20) e--;
+  const n = e - s;
+  if (n === 0) return ValueType.Empty;
+  if (n === 2) {
+    const a = bytes[s];
+    const b = bytes[s + 1];
+    if (a === 0x4e && b === 0x4d) return ValueType.NM;
+    if (a === 0x53 && b === 0x4e) return ValueType.SN;
+    if (a === 0x4e && b === 0x41) return ValueType.NA;
+  }
+  return ValueType.Text;
+}
+
+/** OBX-6: the UCUM code when the sender gives one, else the MDC unit refid (or code), else the text. */
+function unitOf(seg: Hl7Segment): string {
+  const c1 = seg.get(6, 1).trim();
+  const c2 = seg.get(6, 2).trim();
+  const c3 = seg.get(6, 3).trim().toUpperCase();
+  const c4 = seg.get(6, 4).trim();
+  const c5 = seg.get(6, 5).trim();
+  const c6 = seg.get(6, 6).trim().toUpperCase();
+  if (c3 === 'UCUM' && c1 !== '') return c1;
+  if (c6 === 'UCUM' && c4 !== '') return c4;
+  if (c3 === 'MDC') return c2 !== '' ? c2 : c1;
+  if (c6 === 'MDC') return c5 !== '' ? c5 : c4;
+  return c1 !== '' ? c1 : c2;
+}
+
+/** OBX-8 abnormal flags (HL7 table 0078 and IHE PCD measurement status), repeatable. */
+function abnormalFlags(bytes: Uint8Array, s: number, e: number, rs: number): number {
+  let flags = 0;
+  let start = s;
+  for (let i = s; i <= e; i++) {
+    if (i < e && bytes[i] !== rs) continue;
+    let a = start;
+    let b = i;
+    while (a < b && bytes[a] === 0x20) a++;
+    while (b > a && bytes[b - 1] === 0x20) b--;
+    flags |= abnormalFlag(bytes, a, b);
+    start = i + 1;
+  }
+  return flags;
+}
+
+function abnormalFlag(bytes: Uint8Array, s: number, e: number): number {
+  switch (e - s) {
+    case 1: {
+      const c = bytes[s];
+      // L low, H high, A abnormal, < below / > above the absolute limits.
+      return c === 0x4c || c === 0x48 || c === 0x41 || c === 0x3c || c === 0x3e ? Quality.ABNORMAL : 0;
+    }
+    case 2: {
+      const c = bytes[s];
+      const d = bytes[s + 1];
+      // LL, HH critical; AA very abnormal; LU/HU significant change.
+      if ((c === 0x4c && d === 0x4c) || (c === 0x48 && d === 0x48) || (c === 0x41 && d === 0x41)) return Quality.ABNORMAL;
+      if ((c === 0x4c || c === 0x48) && d === 0x55) return Quality.ABNORMAL;
+      return 0;
+    }
+    case 3:
+      return bytesEqual(bytes, s, e, 'INV') ? Quality.INVALID : 0;
+    case 4:
+      if (bytesEqual(bytes, s, e, 'DEMO') || bytesEqual(bytes, s, e, 'TEST')) return Quality.DEMO;
+      if (bytesEqual(bytes, s, e, 'QUES')) return Quality.QUESTIONABLE;
+      return 0;
+    case 5:
+      return bytesEqual(bytes, s, e, 'EARLY') ? Quality.EARLY : 0;
+    default:
+      return 0;
+  }
+}
+
+/**
+ * OBX-11 result status (HL7 table 0085). R/F/U are final; P, C, S, I, A, O are not; D, W, N
+ * mean the value must not be used. X ("cannot be obtained") only reaches here for rows that do
+ * carry a value — Philips sends X on every metric row — so it is read as final.
+ */
+function statusFlags(bytes: Uint8Array, s: number, e: number): number {
+  while (s < e && bytes[s] === 0x20) s++;
+  while (e > s && bytes[e - 1] === 0x20) e--;
+  if (e - s !== 1) return e === s ? 0 : Quality.NOT_FINAL;
+  switch (bytes[s]) {
+    case 0x52: // R
+    case 0x46: // F
+    case 0x55: // U
+    case 0x58: // X
+      return 0;
+    case 0x44: // D deleted
+    case 0x57: // W wrong
+    case 0x4e: // N not asked
+      return Quality.INVALID;
+    default:
+      return Quality.NOT_FINAL;
+  }
+}
+
+/** OBX-18 EI of the first repetition: EI-1 entity id, else EI-3 universal id. */
+function equipmentId(seg: Hl7Segment): string {
+  const id = seg.get(18, 1).trim();
+  return id !== '' ? id : seg.get(18, 3).trim();
+}
+
+// The OBX-18 of the nearest registered device row whose (normalised) path is a prefix of
+// bytes[s, e) at a '.' boundary.
+function containingDevice(bytes: Uint8Array, s: number, e: number, devices: number): string {
+  let best = -1;
+  let bestLen = -1;
+  const n = e - s;
+  for (let d = 0; d < devices; d++) {
+    const ds = devStarts[d]!;
+    const len = devEnds[d]! - ds;
+    if (len > n || len <= bestLen) continue;
+    if (len < n && bytes[s + len] !== 0x2e) continue;
+    let k = 0;
+    while (k < len && bytes[ds + k] === bytes[s + k]) k++;
+    if (k === len) {
+      best = d;
+      bestLen = len;
+    }
+  }
+  return best < 0 ? '' : devIds[best]!;
+}
+
+function describeCode(code: string, refid: string, system: string): string {
+  return [code, refid, system].join('^').replace(/\^+$/, '');
+}
+
+/**
+ * PID-3: the CPR number when a CX is marked as one (CX-4 holds the CPR register OID
+ * 1.2.208.176.1.2, possibly as `&1.2.208.176.1.2&ISO`, or CX-5 is `NNDNK`), else the first real
+ * identifier with its assigning authority as system (`urn:oid:` when CX-4 is an ISO OID).
+ * Placeholders (`Unknown Patient`, ids with spaces) give `null`.
+ */
+function readPatient(msg: Hl7Message, seg: Hl7Segment, problems: Hl7Problem[]): PatientId | null {
+  const bytes = msg.bytes;
+  const reps = seg.repetitionCount(3);
+  let fallback: PatientId | null = null;
+  for (let r = 1; r <= reps; r++) {
+    if (!seg.locate(3, 1, 1, r)) continue;
+    let s = seg.leafStart;
+    let e = seg.leafEnd;
+    while (s < e && bytes[s] === 0x20) s++;
+    while (e > s && bytes[e - 1] === 0x20) e--;
+    let blank = s === e;
+    for (let i = s; i < e && !blank; i++) if (bytes[i]! <= 0x20) blank = true;
+    if (blank) continue;
+    const isCpr =
+      partEquals(seg, bytes, 5, 1, r, CPR_TYPE) ||
+      partEquals(seg, bytes, 4, 2, r, CPR_OID) ||
+      partEquals(seg, bytes, 4, 1, r, CPR_OID) ||
+      partEquals(seg, bytes, 4, 2, r, CPR_SYSTEM) ||
+      partEquals(seg, bytes, 4, 1, r, CPR_SYSTEM);
+    // Personal data: decoded without the process-wide string cache.
+    const id = msg.text(s, e, false);
+    if (PLACEHOLDER_ID.test(id)) continue;
+    if (isCpr) {
+      const cpr = id.length === 11 && id[6] === '-' ? id.slice(0, 6) + id.slice(7) : id;
+      let digits = cpr.length === 10;
+      for (let i = 0; i < cpr.length && digits; i++) digits = cpr.charCodeAt(i) >= 0x30 && cpr.charCodeAt(i) <= 0x39;
+      if (!digits) {
+        problems.push(
+          hl7Problem(ErrorCode.HL7_BAD_VALUE, Hl7ErrorCondition.DATA_TYPE_ERROR, 'PID-3', 'PID-3 has a CPR-marked identifier that is not 10 digits; kept as sent', 'W'),
+        );
+      }
+      return { system: CPR_SYSTEM, value: cpr };
+    }
+    if (fallback === null) {
+      const ns = seg.get(3, 4, 1, r).trim();
+      const uid = seg.get(3, 4, 2, r).trim();
+      const uidType = seg.get(3, 4, 3, r).trim();
+      let system = ns;
+      if (uid !== '' && (uidType.toUpperCase() === 'ISO' || /^\d+(?:\.\d+)+$/.test(uid))) system = `urn:oid:${uid}`;
+      else if (system === '') system = uid;
+      fallback = { system, value: id };
+    }
+  }
+  return fallback;
+}
+
+// True when PID-3 part (component.subcomponent of repetition r), trimmed, is exactly `text`.
+function partEquals(seg: Hl7Segment, bytes: Uint8Array, component: number, sub: number, r: number, text: string): boolean {
+  if (!seg.locate(3, component, sub, r)) return false;
+  let s = seg.leafStart;
+  let e = seg.leafEnd;
+  while (s < e && bytes[s] === 0x20) s++;
+  while (e > s && bytes[e - 1] === 0x20) e--;
+  return bytesEqual(bytes, s, e, text);
+}
+
+/** PV1-3 (PL): point of care / room / bed, the non-empty ones joined by `/`; `null` if none. */
+function readLocation(seg: Hl7Segment): string | null {
+  let out = '';
+  for (let c = 1; c <= 3; c++) {
+    let part = seg.get(3, c).trim();
+    if (part === '') {
+      // A component sent only as subcomponents (`^^&24`): take the first non-empty one.
+      for (let s = 2; s <= 4 && part === ''; s++) part = seg.get(3, c, s).trim();
+    }
+    if (part !== '') out = out === '' ? part : `${out}/${part}`;
+  }
+  return out === '' ? null : out;
+}
