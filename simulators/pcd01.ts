@@ -16,6 +16,7 @@
  *
  * Patients are fake: random CPR-shaped numbers and Danish-island surnames (`Ærø^Søren`).
  */
+import { formatHl7Time, zoneOffsets } from '../src/codec/hl7-time.js';
 import { connect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { DEFAULT_MAX_MESSAGE_BYTES, encodeFrame, MllpDecoder } from '../src/codec/mllp.js';
@@ -303,35 +304,11 @@ const GIVEN_FEMALE = ['Åse', 'Søs', 'Mette', 'Birthe', 'Bente', 'Jytte', 'Kirs
 
 // ── time ────────────────────────────────────────────────────────────────────
 
-/** Epoch ms of the last Sunday of `month` (0-based) at 01:00 UTC: the EU summer-time switch. */
-function lastSundayAt1Utc(year: number, month: number): number {
-  const d = new Date(Date.UTC(year, month + 1, 0, 1)); // last day of the month, 01:00 UTC
-  return d.getTime() - d.getUTCDay() * 86_400_000;
-}
-
-/** UTC offset of Europe/Copenhagen at `t`, minutes: CEST (+120) from the last Sunday of March to the last of October. */
-export function copenhagenOffsetMinutes(t: number): number {
-  const year = new Date(t).getUTCFullYear();
-  return t >= lastSundayAt1Utc(year, 2) && t < lastSundayAt1Utc(year, 9) ? 120 : 60;
-}
+/** Message times carry the Danish offset (CET/CEST), from the gateway's own zone rules. */
+const COPENHAGEN = zoneOffsets('Europe/Copenhagen');
 
 const pad = (n: number, width = 2) => String(n).padStart(width, '0');
 
-/**
- * HL7 DTM with offset, `YYYYMMDDHHMMSS[.SSS]±ZZZZ`. Milliseconds are written only when not zero
- * (1 Hz monitors send whole seconds; a real clock at high rates needs them to keep times apart).
- */
-export function formatHl7Time(t: number, offsetMinutes: number): string {
-  const d = new Date(t + offsetMinutes * 60_000);
-  const ms = d.getUTCMilliseconds();
-  const abs = Math.abs(offsetMinutes);
-  return (
-    `${d.getUTCFullYear()}${pad(d.getUTCMonth() + 1)}${pad(d.getUTCDate())}` +
-    `${pad(d.getUTCHours())}${pad(d.getUTCMinutes())}${pad(d.getUTCSeconds())}` +
-    (ms === 0 ? '' : `.${pad(ms, 3)}`) +
-    `${offsetMinutes < 0 ? '-' : '+'}${pad(Math.floor(abs / 60))}${pad(abs % 60)}`
-  );
-}
 
 /** HL7 v2 escaping of a text value (ST): the delimiters `|^~\&` become escape sequences. */
 function escapeHl7(text: string): string {
@@ -711,7 +688,7 @@ export function createPcd01Generator(options: Pcd01GeneratorOptions = {}): Pcd01
     // template still says UTF-8: the æøå in PID-5 arrive as invalid UTF-8).
     const encoding = fault === 'wrong-charset' ? 'latin1' : charset;
     const charsetField = fault === 'wrong-charset' || charset === 'utf8' ? 'UNICODE UTF-8' : '8859/1';
-    const offset = fixedOffset ?? copenhagenOffsetMinutes(time);
+    const offset = fixedOffset ?? COPENHAGEN.offsetAt(time);
     const ctx: BuildContext = { state, time, controlId, charsetField, offset, units, fault, oversizeBytes };
     const text = `${buildSegments(ctx, rows, values, badRow).join('\r')}\r`;
     const bytes = Buffer.from(text, encoding);
