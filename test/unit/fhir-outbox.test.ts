@@ -101,6 +101,24 @@ describe('outbox: intervals', () => {
     expect(store.counts().observations).toBe(2);
   });
 
+  it('a repeat of the charted reading (the last NIBP in every message) is neither late nor charted again', async () => {
+    const { store, outbox } = setup();
+    const nibp = [reading('sys', { time: T0 + 1000 }), reading('dia', { time: T0 + 1000 })];
+    await commit(store, nibp);
+    pass(outbox, T0 + 2 * MINUTE);
+    for (let i = 0; i < 3; i++) {
+      await commit(store, nibp);
+      pass(outbox, T0 + 2 * MINUTE + i);
+    }
+    // After a restart the closed entry is looked up instead of cached: same answer.
+    const again = setup({}, {}, store);
+    await commit(store, nibp);
+    pass(again.outbox, T0 + 3 * MINUTE);
+    expect(outbox.repeatCount() + again.outbox.repeatCount()).toBe(8);
+    expect(outbox.lateReadingCount() + again.outbox.lateReadingCount()).toBe(0);
+    expect(again.outbox.depth()).toBe(1);
+  });
+
   it('interval 0: every reading is an entry, closed once everything received before it was read', async () => {
     const { store, outbox } = setup({ intervalSeconds: 0 });
     await commit(store, [reading('hr', { time: T0 }), reading('hr', { time: T0 + 1000 }), reading('sys', { time: T0 }), reading('dia', { time: T0 })]);

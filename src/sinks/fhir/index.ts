@@ -84,6 +84,8 @@ export interface OutboxStatus {
   readonly confirmedSinceStart: number;
   /** Readings that arrived after their interval had closed (stored, not charted). */
   readonly lateReadings: number;
+  /** Repeats of an already charted reading (monitors resend the last NIBP in every message). */
+  readonly repeatedReadings: number;
   readonly lastError: { readonly at: string; readonly code: string; readonly message: string; readonly status: number | null } | null;
 }
 
@@ -249,6 +251,7 @@ class Charting implements FhirCharting {
       deliveredPerSecond: this.deliveredPerSecond(now),
       confirmedSinceStart: this.outbox.confirmedSinceStart(),
       lateReadings: this.outbox.lateReadingCount(),
+      repeatedReadings: this.outbox.repeatCount(),
       lastError: this.lastError,
     };
   }

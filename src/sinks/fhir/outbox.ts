@@ -299,6 +299,9 @@ export class Outbox {
   private readonly openEntries = new Map<string, OpenEntry>();
   /** Highest bucket this process created an entry for, per series. */
   private readonly seriesTop = new Map<string, number>();
+  /** Recently closed entries → the time of the reading they charted (repeats skip the lookup). */
+  private readonly closedEntries = new Map<string, number>();
+  private repeats = 0;
 
   constructor(
     private readonly store: OutboxStore,
@@ -413,6 +416,11 @@ export class Outbox {
     return this.lateReadings;
   }
 
+  /** Repeats of an already charted reading (same series, same time), e.g. the last NIBP in every message. */
+  repeatCount(): number {
+    return this.repeats;
+  }
+
   /**
    * Moves new readings from the store into the outbox: up to a few `feedBatch` reads, each one
    * transaction with the cursor move. Pauses while `maxRows` entries wait for the EPJ.
@@ -457,6 +465,7 @@ export class Outbox {
       // Rolled back: the caches may hold changes the database does not. Start them afresh.
       this.openEntries.clear();
       this.seriesTop.clear();
+      this.closedEntries.clear();
       throw err;
     }
     return count;
@@ -473,6 +482,11 @@ export class Outbox {
     const key = entryKey(d.series, d.bucketStart);
     let entry = this.openEntries.get(key);
     if (entry === undefined) {
+      const closedTime = this.closedEntries.get(key);
+      if (closedTime !== undefined) {
+        this.notAdmitted(closedTime, o.time);
+        return;
+      }
       // A bucket above the highest one this process created for the series cannot have a row
       // yet: skip the lookup (the common case: the series' next interval).
       const top = this.seriesTop.get(d.series);
@@ -509,8 +523,8 @@ export class Outbox {
         return;
       }
       if (row.state !== OutboxState.OPEN) {
-        // Its interval is already charted (or on its way): keep it in the store only.
-        this.lateReadings++;
+        this.rememberClosed(key, row.reading_time);
+        this.notAdmitted(row.reading_time, o.time);
         return;
       }
       entry = {
@@ -530,6 +544,21 @@ export class Outbox {
     entry.lastReceived = Math.max(entry.lastReceived, stored.received);
     entry.closeAt = closeAt(entry.lastReceived);
     dirty.add(entry);
+  }
+
+  /**
+   * A reading for an interval that is already charted (or on its way) stays in the store only.
+   * Monitors repeat their last NIBP measurement, with its own time, in every periodic message:
+   * such a repeat of the charted reading is expected and not counted; anything else is late.
+   */
+  private notAdmitted(chartedTime: number, time: number): void {
+    if (time === chartedTime) this.repeats++;
+    else this.lateReadings++;
+  }
+
+  private rememberClosed(key: string, readingTime: number): void {
+    if (this.closedEntries.size >= OPEN_CACHE_MAX) this.closedEntries.clear();
+    this.closedEntries.set(key, readingTime);
   }
 
   /** Caches an open entry (bounded: past the bound the cache starts over and rows are looked up). */
@@ -559,9 +588,11 @@ export class Outbox {
     this.db.transaction(() => {
       const rows = this.s.dueToClose.all(watermark, limit) as Pick<EntryRow, 'id' | 'series' | 'bucket' | 'choice' | 'payload'>[];
       for (const row of rows) {
-        this.openEntries.delete(entryKey(row.series, row.bucket));
+        const key = entryKey(row.series, row.bucket);
+        this.openEntries.delete(key);
         let payload = JSON.parse(row.payload) as Payload;
         if (row.choice === 'median') payload = this.median(row.id, payload);
+        this.rememberClosed(key, payload.readings[0]!.observation.time);
         this.s.deleteSamples.run(row.id);
         const item: ChartItem = payload;
         const identifier = itemIdentifier(item, this.options.identifierNamespace);
