@@ -291,14 +291,14 @@ export class FhirForwarder {
     const now = this.o.clock();
     missing.forEach((device, i) => {
       const a = answers[i]!;
-      if (a.verdict === Verdict.OK && a.id !== null) {
-        const reference = typeAndId(a.id, 'Device')!;
+      const reference = a.id === null ? null : typeAndId(a.id, 'Device');
+      if (a.verdict === Verdict.OK && reference !== null) {
         this.o.outbox.rememberDevice(this.o.endpoint, device, reference, now);
         if (this.devices.size >= DEVICE_CACHE_MAX) this.devices.clear();
         this.devices.set(device, reference);
         out.set(device, { reference });
       } else if (a.verdict === Verdict.RETRY || a.verdict === Verdict.OK) {
-        // OK without a location, or a transient refusal: try the whole delivery again later.
+        // OK without a usable location, or a transient refusal: try the whole delivery again later.
         throw new Halt({ code: FhirErrorCode.UNAVAILABLE, message: `Device create answered ${a.status}`, status: a.status, retryAfterMs: a.retryAfterMs, reached: true });
       } else {
         out.set(device, { refused: summarize(a.status, a.outcome), status: a.status, outcome: a.outcome });
@@ -352,7 +352,8 @@ export class FhirForwarder {
         onAnswer,
       );
       found = answers.map((a) => {
-        if (a.verdict === Verdict.OK && a.id !== null) return typeAndId(a.id, 'Patient')!;
+        const reference = a.id === null ? null : typeAndId(a.id, 'Patient');
+        if (a.verdict === Verdict.OK && reference !== null) return reference;
         if (a.verdict === Verdict.RETRY || a.verdict === Verdict.OK) {
           throw new Halt({ code: FhirErrorCode.UNAVAILABLE, message: `Patient create answered ${a.status}`, status: a.status, retryAfterMs: a.retryAfterMs, reached: true });
         }

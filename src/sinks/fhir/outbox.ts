@@ -314,6 +314,7 @@ export class Outbox {
     this.s = {
       // Feeding: find the entry of a series and interval (UNIQUE index).
       bySeriesBucket: db.prepare('SELECT id, state, choice, reading_time, last_received, payload FROM fhir_outbox WHERE series = ? AND bucket = ?'),
+      // A new interval of a series: `open`, holding its first reading.
       insertEntry: db.prepare(
         `INSERT INTO fhir_outbox (series, bucket, bucket_end, choice, state, reading_time, last_received, close_at, payload, created, updated)
          VALUES (?, ?, ?, ?, '${OutboxState.OPEN}', ?, ?, ?, ?, ?, ?)`,
@@ -323,33 +324,45 @@ export class Outbox {
         `UPDATE fhir_outbox SET reading_time = ?, last_received = ?, close_at = ?, payload = ?, updated = ?
          WHERE id = ? AND state = '${OutboxState.OPEN}'`,
       ),
+      // `median` needs every reading of the interval until it closes; `latest` needs only the
+      // candidate in the payload, so samples are written for median intervals only.
       insertSample: db.prepare('INSERT INTO fhir_outbox_samples (entry, obs, time, rank, reading) VALUES (?, ?, ?, ?, ?)'),
+      // Time order, then store order: a resend at the same time replaces the earlier copy.
       samplesOf: db.prepare('SELECT obs, time, rank, reading FROM fhir_outbox_samples WHERE entry = ? ORDER BY time, obs'),
+      // Samples live only while their interval is open.
       deleteSamples: db.prepare('DELETE FROM fhir_outbox_samples WHERE entry = ?'),
       // Closing: open entries whose interval (plus slack) is behind the watermark. Open entries
       // are about one per active series, so scanning them in id order is cheap.
       dueToClose: db.prepare(
         `SELECT id, series, bucket, choice, payload FROM fhir_outbox WHERE state = '${OutboxState.OPEN}' AND close_at <= ? ORDER BY id LIMIT ?`,
       ),
+      // Closing with a patient: the chosen reading, its identifier, ready to send now.
       closeQueued: db.prepare(
         `UPDATE fhir_outbox SET state = '${OutboxState.QUEUED}', identifier = ?, payload = ?, reading_time = ?, closed = ?, next_attempt = 0, updated = ?
          WHERE id = ?`,
       ),
+      // Closing without a patient (`unbound: hold`): wait for a binding until hold_until.
       closeHeld: db.prepare(
         `UPDATE fhir_outbox SET state = '${OutboxState.HELD}', identifier = ?, payload = ?, reading_time = ?, closed = ?, hold_until = ?, updated = ?
          WHERE id = ?`,
       ),
+      // Held entries, oldest first, bounded per pass (each asks the binding lookup).
       held: db.prepare(`SELECT id, payload, hold_until FROM fhir_outbox WHERE state = '${OutboxState.HELD}' ORDER BY id LIMIT ?`),
+      // A binding was found: the payload now names the patient.
       unhold: db.prepare(`UPDATE fhir_outbox SET state = '${OutboxState.QUEUED}', payload = ?, updated = ? WHERE id = ?`),
+      // Not charted on purpose (no binding in time, duplicate identifier): kept for the record.
       skip: db.prepare(`UPDATE fhir_outbox SET state = '${OutboxState.SKIPPED}', error_code = ?, error = ?, updated = ? WHERE id = ?`),
       // Sending: the oldest due entries first (original reading order, after any backoff).
       due: db.prepare(
         `SELECT id, identifier, payload, attempts, closed FROM fhir_outbox
          WHERE state = '${OutboxState.QUEUED}' AND next_attempt <= ? ORDER BY id LIMIT ?`,
       ),
+      // The claim: only a queued entry can be taken, so two senders never get the same one.
       markSending: db.prepare(
         `UPDATE fhir_outbox SET state = '${OutboxState.SENDING}', attempts = attempts + 1, updated = ? WHERE id = ? AND state = '${OutboxState.QUEUED}'`,
       ),
+      // Outcomes only apply to entries this process claimed (still `sending`): a stale answer
+      // after a stop/release cannot overwrite a newer state.
       confirm: db.prepare(
         `UPDATE fhir_outbox SET state = '${OutboxState.CONFIRMED}', fhir_id = ?, http_status = ?, error_code = NULL, error = NULL, updated = ?
          WHERE id = ? AND state = '${OutboxState.SENDING}'`,
@@ -364,6 +377,7 @@ export class Outbox {
       ),
       // After a crash or a stop mid-request the outcome is unknown: send again (conditional create).
       recover: db.prepare(`UPDATE fhir_outbox SET state = '${OutboxState.QUEUED}', next_attempt = 0 WHERE state = '${OutboxState.SENDING}'`),
+      // A stop with a request in flight: back to the queue, due at once.
       release: db.prepare(
         `UPDATE fhir_outbox SET state = '${OutboxState.QUEUED}', next_attempt = 0, updated = ? WHERE id = ? AND state = '${OutboxState.SENDING}'`,
       ),
@@ -380,16 +394,20 @@ export class Outbox {
       prune: db.prepare(
         `DELETE FROM fhir_outbox WHERE id IN (SELECT id FROM fhir_outbox WHERE state = ? ORDER BY id LIMIT ${MAINTAIN_SLICE}) AND updated < ?`,
       ),
+      // What waits for the EPJ; counted at start and by housekeeping, kept in memory in between.
       countPending: db.prepare(`SELECT count(*) FROM fhir_outbox WHERE state IN ${this.pendingStates}`).pluck(),
       // Counted per state over the (state, id) index; confirmed is left out (it can hold a day of
       // entries) and counted in memory since start instead.
       countState: db.prepare('SELECT count(*) FROM fhir_outbox WHERE state = ?').pluck(),
       // Head of the queue: entries are closed in roughly id order, so the lowest id is (nearly) the oldest.
       oldestPending: db.prepare(`SELECT min(closed) FROM (SELECT closed FROM fhir_outbox WHERE state = ? ORDER BY id LIMIT 16)`).pluck(),
+      // The API's reads: by id, by series and interval (delivery state of a reading), newest
+      // first per state over the (state, id) index, newest first overall over the primary key.
       byId: db.prepare('SELECT * FROM fhir_outbox WHERE id = ?'),
       entryBySeriesBucket: db.prepare('SELECT * FROM fhir_outbox WHERE series = ? AND bucket = ?'),
       list: db.prepare('SELECT * FROM fhir_outbox WHERE state = ? ORDER BY id DESC LIMIT ?'),
       listAll: db.prepare('SELECT * FROM fhir_outbox ORDER BY id DESC LIMIT ?'),
+      // Devices created in an EPJ: looked up before each Bundle, written once per device.
       deviceGet: db.prepare('SELECT fhir_id FROM fhir_devices WHERE endpoint = ? AND device = ?').pluck(),
       devicePut: db.prepare(
         'INSERT INTO fhir_devices (endpoint, device, fhir_id, created) VALUES (?, ?, ?, ?) ON CONFLICT (endpoint, device) DO UPDATE SET fhir_id = excluded.fhir_id',
