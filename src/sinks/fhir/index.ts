@@ -329,7 +329,29 @@ class Charting implements FhirCharting {
     }
   }
 
+  /** Delivers one claimed batch and records the outcome. Never rejects (it runs detached). */
   private async send(batch: ClaimedEntry[]): Promise<void> {
+    try {
+      await this.deliverAndSettle(batch);
+    } catch (err) {
+      // Only our own database work can land here (deliver() never rejects). The entries stay
+      // claimed in the database; put them back so they are not stuck until the next start.
+      this.log.error({ err }, 'recording a delivery failed; its entries go back to the queue');
+      this.lastError = { at: new Date().toISOString(), code: FhirErrorCode.OUTBOX, message: `outbox: ${(err as Error).message}`, status: null };
+      try {
+        this.outbox.release(
+          batch.map((e) => e.id),
+          this.clock(),
+        );
+      } catch {
+        // The database is unusable; start() recovers `sending` entries on the next run.
+      }
+    } finally {
+      for (const e of batch) this.inflightEntries.delete(e.id);
+    }
+  }
+
+  private async deliverAndSettle(batch: ClaimedEntry[]): Promise<void> {
     const report = await this.forwarder.deliver(batch, this.abort.signal);
     const now = this.clock();
     if (report.reached) {
@@ -373,7 +395,6 @@ class Charting implements FhirCharting {
       }
       this.outbox.settle(results, now);
     }
-    for (const e of batch) this.inflightEntries.delete(e.id);
     this.countDelivered(now, results.reduce((n, r) => n + (r.kind === 'confirmed' ? 1 : 0), 0));
   }
 
