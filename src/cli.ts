@@ -67,35 +67,51 @@ ${CONFIG_HELP}`,
     },
   },
   inspect: {
-    summary: 'decode PCD-01 messages from files or stdin and show the readings and problems',
-    help: `Usage: mdi inspect [FILE...] [--json] [--timezone ZONE]
+    summary: 'decode PCD-01 messages or serial captures and show the readings and problems',
+    help: `Usage: mdi inspect [FILE...] [--protocol P] [--hex] [--json] [--timezone ZONE]
 
 Decodes HL7 v2 IHE PCD-01 messages as people export them (one or many per file; segments
 ended by \\r, \\n or \\r\\n; MLLP-framed or not) and prints the normalized observations and
 every problem with its segment/field location (for example OBX[4]-5). Reads stdin when no
 file is given. Patient identity is never printed in clear.
 
+With --protocol masimo|medibus|bbraun it decodes a serial capture instead (the bytes a Masimo
+Radical-7/Rad-8 "ASCII 1" line, a Dräger MEDIBUS link or a B. Braun SpaceCom BCC link carried)
+with the gateway's own framers and decoders, and names each problem by its byte range. A value
+the device marks absent or invalid (Masimo "---", SpO2=000 with a sensor-off exception) is
+shown without a number and flagged INVALID.
+
 Options:
+  --protocol P        pcd01 (default) | masimo | medibus | bbraun
+  --hex               the input is a hex dump (pairs of hex digits; spaces, commas, colons
+                      and 0x ignored; # starts a comment), not raw bytes
   --json              one JSON object per line: observations (the same fields as an
                       /api/observations item) and problems ({"problem": …})
-  --timezone ZONE     zone for times without a UTC offset (default Europe/Copenhagen)
+  --timezone ZONE     zone for device times without a UTC offset (default Europe/Copenhagen)
   -h, --help          this help
 
-Exit code 0 when every message decoded without problems, 1 when any had problems.`,
-    options: { json: { type: 'boolean' }, timezone: { type: 'string' } },
+Exit code 0 when every input decoded without problems, 1 when any had problems.`,
+    options: { json: { type: 'boolean' }, timezone: { type: 'string' }, protocol: { type: 'string' }, hex: { type: 'boolean' } },
     allowPositionals: true,
     async run(values, positionals) {
       const { runInspect } = await import('./commands/inspect.js');
+      const protocol = (values.protocol as string | undefined) ?? 'pcd01';
+      if (!['pcd01', 'masimo', 'medibus', 'bbraun'].includes(protocol)) {
+        throw new UsageError(`--protocol must be pcd01, masimo, medibus or bbraun, got '${protocol}'`);
+      }
       return runInspect({
         files: positionals,
         json: values.json === true,
         timezone: (values.timezone as string | undefined) ?? 'Europe/Copenhagen',
+        protocol: protocol as 'pcd01' | 'masimo' | 'medibus' | 'bbraun',
+        hex: values.hex === true,
       });
     },
   },
   simulate: {
-    summary: 'play simulated devices against a gateway (pcd01)',
+    summary: 'play simulated devices against a gateway (pcd01, masimo, medibus, bbraun)',
     help: `Usage: mdi simulate pcd01 --to HOST:PORT [options]
+       mdi simulate masimo|medibus|bbraun [--port PATH | --tcp-port N] [options]
 
 Plays patient monitors and infusion pumps that send IHE PCD-01 over MLLP, with plausible,
 slowly drifting values, and reports ACKs (AA/AE/AR), rate and ACK latency (p50/p95/p99).
@@ -113,7 +129,19 @@ Options:
   --fault-rate F      fraction of messages with a fault (default 0.01 when --faults is set)
   --charset C         utf8 | latin1 (default utf8)
   --seed S            seed for reproducible traffic
-  -h, --help          this help`,
+  -h, --help          this help
+
+Serial devices (masimo: Radical-7 ASCII 1; medibus: Dräger ventilator; bbraun: SpaceCom BCC):
+  --port PATH         the device's end of a serial line (e.g. /dev/pts/4 of a socat pair);
+                      without it a socat pty pair is made and the gateway's end is printed
+  --tcp-port N        bbraun only: listen for the gateway on TCP port N (the ComDevice's 4001)
+  --faults LIST       garbage, bad-checksum, truncated, huge, pause, unplug
+  --fault-rate F      fraction of frames with a fault (default 0.05 when --faults is set)
+  --pause-ms MS       length of a pause fault (default 4000: longer than the MEDIBUS keep-alive)
+  --unplug-ms MS      length of a pulled cable (default 3000)
+  --interval-ms MS    masimo: time between lines (default 1000)
+  --duration S        stop after S seconds (default: until Ctrl-C)
+  --seed S            seed for reproducible values`,
     options: {
       to: { type: 'string' },
       devices: { type: 'string' },
@@ -126,12 +154,41 @@ Options:
       'fault-rate': { type: 'string' },
       charset: { type: 'string' },
       seed: { type: 'string' },
+      port: { type: 'string' },
+      'tcp-port': { type: 'string' },
+      'pause-ms': { type: 'string' },
+      'unplug-ms': { type: 'string' },
+      'interval-ms': { type: 'string' },
     },
     allowPositionals: true,
     async run(values, positionals) {
       const { runSimulate } = await import('./commands/simulate.js');
       return runSimulate(positionals, values);
     },
+  },
+};
+
+commands['serial-ports'] = {
+  summary: 'list the serial ports of this machine (works without udev)',
+  help: `Usage: mdi serial-ports [--json]
+
+Lists serial ports with what the system knows about them (USB vendor/product, serial number,
+/dev/serial/by-id names). Uses udev where it is installed, and scans /dev otherwise.
+
+Options:
+  --json              one JSON object per port
+  -h, --help          this help`,
+  options: { json: { type: 'boolean' } },
+  allowPositionals: false,
+  async run(values) {
+    const { driverFactories } = await import('./drivers.js');
+    const ports = await driverFactories.serial.listPorts();
+    for (const p of ports) {
+      if (values.json === true) process.stdout.write(`${JSON.stringify(p)}\n`);
+      else process.stdout.write(`${[p.path, p.manufacturer, p.serialNumber, ...(p.byId ?? [])].filter(Boolean).join('  ')}\n`);
+    }
+    if (ports.length === 0 && values.json !== true) process.stdout.write('no serial ports found\n');
+    return 0;
   },
 };
 

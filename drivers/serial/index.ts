@@ -15,9 +15,15 @@ import { MEDIBUS_LINE_DEFAULTS, MedibusSession, type MedibusOptions } from './me
 import { serialLinkOpener, type SerialLineSettings } from './port.js';
 import type { LineDefaults, ProtocolSession, SessionIo } from './session.js';
 import { tcpLinkOpener } from './tcp.js';
+import { decodeCapture, parseHexDump, type CaptureDecoded } from './capture.js';
+import { listSerialPorts, type SerialPortListing } from './port.js';
 
 export { SerialDeviceDriver, serialDriverName, type SerialDriverStatus, type SerialGap, type SerialProtocolName } from './driver.js';
-export { listSerialPorts, scanDevPorts, type SerialPortListing } from './port.js';
+export { scanDevPorts, type SerialPortListing } from './port.js';
+export { parseHexDump, type CaptureDecoded, type CaptureProblem } from './capture.js';
+
+/** The protocols, for option parsing. */
+export const SERIAL_PROTOCOLS: readonly SerialProtocolName[] = ['masimo', 'medibus', 'bbraun'];
 
 /** Settings common to every serial device. Line settings left out take the protocol's defaults. */
 interface CommonDeviceOptions {
@@ -147,4 +153,24 @@ export const serialDriver = {
       ctx,
     );
   },
-} satisfies DriverFactory<SerialDeviceOptions>;
+  /**
+   * Decodes a capture file offline (`mdi inspect --protocol`), with the driver's own framers
+   * and decoders. Readings of protocols without times are placed at `received` (default now).
+   */
+  decodeCapture(
+    protocol: SerialProtocolName,
+    bytes: Buffer,
+    options: { timezone: string; deviceId?: string; received?: number },
+  ): CaptureDecoded {
+    return decodeCapture(protocol, bytes, {
+      deviceId: options.deviceId ?? `capture-${protocol}`,
+      zone: zoneOffsets(options.timezone),
+      codes: vendorCodesFor(protocol),
+      received: options.received ?? Date.now(),
+    });
+  },
+  /** Hex dump text → bytes (`mdi inspect --hex`); RangeError naming the bad line. */
+  parseHexDump,
+  /** Serial ports of this machine; works without udev (see port.ts). Never throws. */
+  listPorts: (): Promise<SerialPortListing[]> => listSerialPorts(),
+} satisfies DriverFactory<SerialDeviceOptions> & Record<string, unknown>;

@@ -208,7 +208,8 @@ export function decodeMasimoLine(line: string, ctx: MasimoDecodeContext): Masimo
       if (bits === null) return fail(ErrorCode.MASIMO_BAD_VALUE, `${clip(key)} is not a hex word`);
       const text = key === 'EXC' ? masimoExceptionNames(bits) || 'none' : bits.toString(16).toUpperCase().padStart(4, '0');
       const flags = kind === 'alarm' && bits !== 0 ? Quality.ABNORMAL : 0;
-      states.push(reading(ctx, key, def, bits, text, time, tzOffset, flags));
+      // A bit word is not a quantity: it is kept as text (names or hex), never as a number.
+      states.push(reading(ctx, key, def, Number.NaN, text, time, tzOffset, flags));
       continue;
     }
     // numeric (also unknown keys) and text

@@ -1,8 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { observationItem, type ObservationItem } from '../api/observation-item.js';
+import { UsageError } from '../cli.js';
 import { splitExport } from '../codec/hl7.js';
 import { decodePcd01 } from '../codec/pcd01.js';
+import { driverFactories } from '../drivers.js';
 import type { Problem } from '../errors.js';
 import { loadMappings } from '../mappings.js';
 import type { PatientId } from '../model/measurement.js';
@@ -17,6 +19,10 @@ export interface InspectOptions {
   readonly write?: (text: string) => void;
   /** Input when no file is given; stdin by default. */
   readonly stdin?: () => Promise<Buffer>;
+  /** `pcd01` (default) or a serial protocol: `masimo`, `medibus`, `bbraun`. */
+  readonly protocol?: 'pcd01' | 'masimo' | 'medibus' | 'bbraun';
+  /** The inputs are hex dumps (pairs of hex digits), not raw bytes. */
+  readonly hex?: boolean;
 }
 
 interface ProblemLine {
@@ -36,6 +42,10 @@ interface ProblemLine {
  * so what it shows is what the gateway does. Returns 1 when any message had a problem.
  */
 export async function runInspect(options: InspectOptions): Promise<number> {
+  if (options.protocol !== undefined && options.protocol !== 'pcd01') {
+    const { runSerialInspect } = await import('./inspect-serial.js');
+    return runSerialInspect(options.protocol, options);
+  }
   const write = options.write ?? ((text: string) => process.stdout.write(text));
   const normalizer = new Normalizer(loadMappings());
   // Patients are shown as pseudonyms that are stable within this run only.
@@ -47,6 +57,16 @@ export async function runInspect(options: InspectOptions): Promise<number> {
     inputs.push({ name: '<stdin>', bytes: await (options.stdin ?? readStdin)() });
   } else {
     for (const file of options.files) inputs.push({ name: file, bytes: readFileSync(file) });
+  }
+  if (options.hex) {
+    const { parseHexDump } = driverFactories.serial;
+    for (const input of inputs) {
+      try {
+        input.bytes = parseHexDump(input.bytes.toString('latin1'));
+      } catch (err) {
+        throw new UsageError(`${input.name}: --hex: ${(err as Error).message}`);
+      }
+    }
   }
 
   let messages = 0;
@@ -133,7 +153,7 @@ const COLUMNS: [string, (i: ObservationItem) => string][] = [
   ['flags', (i) => i.flags.join(',')],
 ];
 
-function table(items: ObservationItem[]): string {
+export function table(items: ObservationItem[]): string {
   const cells = items.map((item) => COLUMNS.map(([, get]) => clip(get(item))));
   const widths = COLUMNS.map(([name], c) => Math.max(name.length, ...cells.map((row) => row[c]!.length)));
   const line = (row: string[]) => `  ${row.map((cell, c) => cell.padEnd(widths[c]!)).join('  ')}`.trimEnd();

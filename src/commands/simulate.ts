@@ -12,8 +12,17 @@ import { UsageError } from '../cli.js';
 /** `mdi simulate <kind>`: plays simulated devices against a running gateway. */
 export async function runSimulate(positionals: string[], values: Record<string, unknown>): Promise<number> {
   const [kind, ...extra] = positionals;
-  if (kind !== 'pcd01') throw new UsageError(kind ? `unknown simulator '${kind}' (available: pcd01)` : 'name a simulator: pcd01');
   if (extra.length > 0) throw new UsageError(`unexpected argument '${extra[0]}'`);
+  if (kind === 'masimo' || kind === 'medibus' || kind === 'bbraun') {
+    const { runSerialSimulate } = await import('./simulate-serial.js');
+    return runSerialSimulate(kind, values);
+  }
+  if (kind !== 'pcd01') {
+    throw new UsageError(kind ? `unknown simulator '${kind}' (available: pcd01, masimo, medibus, bbraun)` : 'name a simulator: pcd01, masimo, medibus, bbraun');
+  }
+  for (const name of ['port', 'tcp-port', 'pause-ms', 'unplug-ms', 'interval-ms']) {
+    if (values[name] !== undefined) throw new UsageError(`--${name} is for the serial simulators, not for pcd01`);
+  }
 
   const to = (values.to as string | undefined) ?? `${PCD01_SIMULATION_DEFAULTS.host}:${PCD01_SIMULATION_DEFAULTS.port}`;
   const match = /^(.*):(\d+)$/.exec(to);
