@@ -30,6 +30,7 @@ const NAK = 0x15;
 const ETB = 0x17;
 const RS = '\x1e';
 
+/** Options of `startBbraunSimulator`. */
 export interface BbraunSimulatorOptions extends SerialSimulatorOptions {
   /** The bed id the ComDevice answers ALIVE with. Default `ComSystem`. */
   readonly bedId?: string;

@@ -23,6 +23,7 @@ import {
   type SerialSimulatorOptions,
 } from './serial-common.js';
 
+/** Options of `startMasimoSimulator`. */
 export interface MasimoSimulatorOptions extends SerialSimulatorOptions {
   /** Time between two lines (ms). Default 1000: ASCII 1 sends once per second. */
   readonly intervalMs?: number;

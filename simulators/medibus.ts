@@ -25,6 +25,7 @@ const ESC = 0x1b;
 const SOH = 0x01;
 const CR = 0x0d;
 
+/** Options of `startMedibusSimulator`. */
 export interface MedibusSimulatorOptions extends SerialSimulatorOptions {
   /** MEDIBUS: a device drops the link after this long without a command (ms). Default 3000. */
   readonly keepAliveMs?: number;

@@ -10,6 +10,7 @@ import { existsSync, lstatSync, mkdtempSync, rmSync, unlinkSync } from 'node:fs'
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
+/** A running pair of linked pseudo-terminals. */
 export interface PtyPair {
   /** The port the gateway opens (a symlink to /dev/pts/N while plugged in). */
   readonly devicePath: string;
@@ -25,6 +26,7 @@ export interface PtyPair {
   stop(): Promise<void>;
 }
 
+/** Options of `createPtyPair`. */
 export interface PtyPairOptions {
   /** Folder for the two links; a fresh temporary folder by default. */
   readonly dir?: string;

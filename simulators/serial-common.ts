@@ -79,6 +79,7 @@ export class Drift {
  */
 export type SerialFault = 'garbage' | 'bad-checksum' | 'truncated' | 'huge' | 'pause' | 'unplug';
 
+/** Every fault, for option parsing. */
 export const SERIAL_FAULTS: readonly SerialFault[] = ['garbage', 'bad-checksum', 'truncated', 'huge', 'pause', 'unplug'];
 
 /** `garbage,pause` → faults; throws RangeError naming an unknown one. */
@@ -112,6 +113,7 @@ export interface SerialSimulatorOptions {
   readonly onProgress?: (stats: Readonly<SimulatorStats>) => void;
 }
 
+/** What a simulator did: frames and bytes sent, host requests, ACK/NAK seen, faults injected. */
 export interface SimulatorStats {
   framesSent: number;
   bytesSent: number;
@@ -121,6 +123,7 @@ export interface SimulatorStats {
   faults: Record<SerialFault, number>;
 }
 
+/** Zeroed stats. */
 export function emptyStats(): SimulatorStats {
   return {
     framesSent: 0,

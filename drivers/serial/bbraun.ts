@@ -54,6 +54,7 @@ export interface BccRecord {
   readonly value: string;
 }
 
+/** A problem in one record of a block; `location` is `record 4 (INRT)`. */
 export interface BccProblem {
   readonly code: ErrorCode;
   readonly reason: string;
@@ -120,6 +121,7 @@ export function bccPumpDeviceId(deviceId: string, address: string): string {
   return slot ? `${deviceId}/pump-${slot}` : `${deviceId}/${address}`;
 }
 
+/** What `decodeBccBlock` needs besides the bytes. */
 export interface BccDecodeContext {
   /** Id of the SpaceCom; pumps become `<deviceId>/pump-<pillar><slot>`. */
   readonly deviceId: string;
@@ -129,6 +131,7 @@ export interface BccDecodeContext {
   readonly codes: VendorCodes;
 }
 
+/** What one answer block became. */
 export interface BccDecoded {
   /** Numeric and text readings, every block. */
   readonly readings: Measurement[];

@@ -24,6 +24,7 @@ export interface CaptureProblem {
   readonly frame: number;
 }
 
+/** What a whole capture became. */
 export interface CaptureDecoded {
   /** Frames (lines, blocks) the framer delivered, requests from the host included. */
   readonly frames: number;
@@ -35,6 +36,7 @@ export interface CaptureDecoded {
   readonly notes: string[];
 }
 
+/** What `decodeCapture` needs besides the bytes. */
 export interface CaptureOptions {
   readonly deviceId: string;
   readonly zone: TimeZoneRule;

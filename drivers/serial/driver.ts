@@ -27,6 +27,7 @@ import type { ProtocolSession, SessionIo } from './session.js';
 /** The protocols a serial device can speak. */
 export type SerialProtocolName = 'masimo' | 'medibus' | 'bbraun';
 
+/** How `serialDriver.create` wires one device (built from its configuration in index.ts). */
 export interface SerialDriverOptions {
   /** Registered id of the device; readings carry it (B. Braun pumps add `/pump-<slot>`). */
   readonly deviceId: string;

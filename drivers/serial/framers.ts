@@ -72,6 +72,7 @@ export interface LineFramerOptions {
   readonly onReject: (reject: FramerReject) => void;
 }
 
+/** Default `maxLineBytes` (see there for why). */
 export const DEFAULT_MAX_LINE_BYTES = 1024;
 
 const LF_BUFFER = Buffer.from([LF]);
@@ -258,6 +259,7 @@ export const MEDIBUS_SOH = 0x01;
 export const MEDIBUS_DC1 = 0x11;
 export const MEDIBUS_DC3 = 0x13;
 
+/** One checked MEDIBUS frame (command or response). */
 export interface MedibusFrame {
   /** `command` (ESC …) or `response` (SOH …). */
   readonly kind: 'command' | 'response';
@@ -271,6 +273,7 @@ export interface MedibusFrame {
   readonly length: number;
 }
 
+/** Options of `MedibusFramer`. */
 export interface MedibusFramerOptions {
   /**
    * Largest frame from start byte to CR. A full measured-data response is about 600 bytes and
@@ -283,6 +286,7 @@ export interface MedibusFramerOptions {
   readonly onFlowControl?: (byte: number) => void;
 }
 
+/** Default `maxFrameBytes` of MEDIBUS (see there for why). */
 export const DEFAULT_MEDIBUS_MAX_FRAME_BYTES = 8192;
 
 /** The 8-bit sum MEDIBUS uses: low byte of the sum of `bytes[start, end)`. */
@@ -526,6 +530,7 @@ export class MedibusFramer {
 
 // ── B. Braun BCC ────────────────────────────────────────────────────────────
 
+/** BCC control bytes: SOH, STX, ETX, EOT frame a block; ACK/NAK answer it; ETB: more follow; RS separates records. */
 export const BCC_SOH = 0x01;
 export const BCC_STX = 0x02;
 export const BCC_ETX = 0x03;
@@ -535,6 +540,7 @@ export const BCC_NAK = 0x15;
 export const BCC_ETB = 0x17;
 export const BCC_RS = 0x1e;
 
+/** One checked, unstuffed BCC frame. */
 export interface BccFrame {
   /** Bed id from the header `bedId/1/1>` (the SpaceCom's name for itself, `1` before ALIVE). */
   readonly bedId: string;
@@ -549,6 +555,7 @@ export interface BccFrame {
   readonly length: number;
 }
 
+/** Options of `BccFramer`. */
 export interface BccFramerOptions {
   /**
    * Largest frame, unstuffed, from SOH through EOT. One MEM:GET block describes one pump in
@@ -563,6 +570,7 @@ export interface BccFramerOptions {
   readonly onControl?: (byte: number, offset: number) => void;
 }
 
+/** Default `maxFrameBytes` of BCC (see there for why). */
 export const DEFAULT_BCC_MAX_FRAME_BYTES = 16 * 1024;
 
 /** BCC check: sum of all bytes from SOH through ETX/ETB, modulo 256. */

@@ -13,6 +13,7 @@
  */
 import { ErrorCode, GatewayError } from '../../src/errors.js';
 
+/** An open link (see the contract above). */
 export interface Link {
   /** Queues bytes for the device. Write errors surface as a close, never as a throw. */
   write(bytes: Uint8Array): void;
@@ -22,12 +23,14 @@ export interface Link {
   close(): Promise<void>;
 }
 
+/** What a link reports to the driver. */
 export interface LinkEvents {
   onData(chunk: Buffer): void;
   /** `error` is null for a close we asked for. */
   onClose(error: Error | null): void;
 }
 
+/** Opens links to one address; the driver calls `open` again after each close. */
 export interface LinkOpener {
   /** What the status shows as the port: `/dev/ttyUSB0` or `tcp 10.0.0.5:4001`. */
   readonly address: string;

@@ -64,6 +64,7 @@ export interface MedibusAlarm {
   readonly phrase: string;
 }
 
+/** A problem in one response; the frame is kept as its dead letter. */
 export interface MedibusProblem {
   readonly code: ErrorCode;
   readonly reason: string;
@@ -71,6 +72,7 @@ export interface MedibusProblem {
   readonly location: string;
 }
 
+/** What one response frame became. */
 export interface MedibusDecoded {
   readonly measurements: Measurement[];
   readonly alarms: MedibusAlarm[];
@@ -78,6 +80,7 @@ export interface MedibusDecoded {
   readonly problems: MedibusProblem[];
 }
 
+/** What `decodeMedibusResponse` needs besides the frame. */
 export interface MedibusDecodeContext {
   readonly deviceId: string;
   /** Reading time: MEDIBUS data carries no time stamps, so this is the arrival time. */

@@ -6,6 +6,7 @@ import { connect, type Socket } from 'node:net';
 import { ErrorCode } from '../../src/errors.js';
 import { abortedError, LinkError, type Link, type LinkEvents, type LinkOpener } from './link.js';
 
+/** Where the terminal server or ComDevice listens. */
 export interface TcpLinkSettings {
   readonly host: string;
   readonly port: number;
@@ -19,6 +20,11 @@ export interface TcpLinkSettings {
 /** TCP keep-alive probe start (ms): finds a peer that vanished without a FIN (power cut). */
 const KEEPALIVE_MS = 10_000;
 
+/**
+ * Connects with a timeout and TCP keep-alive. A refused or unanswered connection rejects with
+ * `MDI_ERR_SERIAL_OPEN_FAILED` (an unknown host with `…_PORT_NOT_FOUND`); a peer that closes or
+ * resets reports the close with `MDI_ERR_SERIAL_DISCONNECTED`.
+ */
 export function tcpLinkOpener(settings: TcpLinkSettings): LinkOpener {
   return {
     address: `tcp ${settings.host}:${settings.port}`,

@@ -28,6 +28,7 @@ export interface ContractPeer {
   replug(): Promise<void>;
 }
 
+/** A driver under test and its peer, as a builder returns them. */
 export interface ContractHarness {
   readonly driver: Driver;
   /** Null when built with `absent: true`. */
@@ -36,13 +37,16 @@ export interface ContractHarness {
   close(): Promise<void>;
 }
 
+/** How the suite wants the driver built. */
 export interface ContractBuildOptions {
   /** Build the driver for an address where no device is (a path that does not exist). */
   readonly absent?: boolean;
 }
 
+/** Builds a fresh driver (with the given recording context) and its peer for one test. */
 export type ContractBuilder = (ctx: DriverContext, options: ContractBuildOptions) => Promise<ContractHarness>;
 
+/** Time limits of the suite, for slower transports. */
 export interface ContractTiming {
   /** First reading after start, ms. Default 5000. */
   readonly firstReadingMs?: number;

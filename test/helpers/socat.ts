@@ -12,6 +12,7 @@ const open = new Set<PtyPair>();
 /** Whether socat is installed (`.ci/run` installs it); tests skip with a note otherwise. */
 export const SOCAT_AVAILABLE = spawnSync('socat', ['-V'], { stdio: 'ignore' }).status === 0;
 
+/** The note pty tests show when they skip. */
 export const SOCAT_ABSENT_NOTE = 'socat is not installed (apt-get install socat): pty tests skipped';
 
 /** A pty pair that `stopPtyPairs()` will clean up. */
