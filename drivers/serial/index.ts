@@ -127,6 +127,14 @@ export function sessionFactory(options: SerialDeviceOptions): (io: SessionIo) =>
   }
 }
 
+/** The serial driver factory, with what the offline tools (`mdi inspect`, `mdi serial-ports`) need. */
+export interface SerialDriverFactory extends DriverFactory<SerialDeviceOptions> {
+  create(options: SerialDeviceOptions, ctx: DriverContext): SerialDeviceDriver;
+  decodeCapture(protocol: SerialProtocolName, bytes: Buffer, options: { timezone: string; deviceId?: string; received?: number }): CaptureDecoded;
+  parseHexDump(text: string): Buffer;
+  listPorts(): Promise<SerialPortListing[]>;
+}
+
 /**
  * Serial devices (Masimo, Dräger MEDIBUS, B. Braun BCC) over a serial port or TCP.
  * `create` throws for settings that can never work (no port and no tcp, an unknown zone, a bad
@@ -173,4 +181,4 @@ export const serialDriver = {
   parseHexDump,
   /** Serial ports of this machine; works without udev (see port.ts). Never throws. */
   listPorts: (): Promise<SerialPortListing[]> => listSerialPorts(),
-} satisfies DriverFactory<SerialDeviceOptions> & Record<string, unknown>;
+} satisfies SerialDriverFactory;
