@@ -3,12 +3,13 @@
  * exported message files.
  *
  * The reader never splits a message into a tree. `Hl7Message.parse` finds the delimiters and the
- * segment boundaries (two native `indexOf` scans); a segment finds its field offsets on demand,
- * up to the highest field asked for; components, repetitions and subcomponents are located
- * inside one field; only the leaves that are read are decoded to strings. Pure ASCII leaves
- * without escapes take a fast path (and short ones are interned: a device that repeats the same
- * codes and units allocates no new strings for them); everything else goes through escape
- * decoding and the message's character set.
+ * segment boundaries (a native `indexOf` per line); a segment finds its field offsets on demand,
+ * up to the highest field asked for, four bytes at a time; components, repetitions and
+ * subcomponents are located inside one field; only the leaves that are read are decoded to
+ * strings. Pure ASCII leaves without escapes take a fast path (and short ones are interned: a
+ * device that repeats the same codes and units allocates no new strings for them); everything
+ * else goes through escape decoding and the message's character set. Measured in
+ * bench/codec.bench.ts (results in bench/RESULTS.md).
  *
  * Nothing here throws on bad input: `parse` reports an unusable message in `fatal`, odd but
  * readable input in `warnings`, and accessors return `''`/`NaN` for what is not there.
@@ -110,11 +111,6 @@ function utf8(b: Buffer, s: number, e: number): string {
   return HAS_FAST_SLICE ? (b as FastBuffer).utf8Slice(s, e) : b.toString('utf8', s, e);
 }
 
-/** `bytes[s, e)` as Latin-1 (one character per byte, no escape or charset handling). */
-export function latin1Text(bytes: Uint8Array, s: number, e: number): string {
-  return latin1(toBuffer(bytes), s, e);
-}
-
 function toBuffer(input: Uint8Array): Buffer {
   return Buffer.isBuffer(input) ? input : Buffer.from(input.buffer, input.byteOffset, input.byteLength);
 }
@@ -201,6 +197,11 @@ export class ByteKeys {
     return true;
   }
 
+  /** Empties every slot. */
+  clear(): void {
+    this.lengths.fill(-1);
+  }
+
   /** Stores `bytes[s, e)` with `salt` in `slot`; false (slot emptied) when longer than the width. */
   store(slot: number, bytes: Uint8Array, s: number, e: number, salt: number): boolean {
     const n = e - s;
@@ -219,7 +220,7 @@ export class ByteKeys {
  * A slot for `bytes[s, e)` from its length and up to its first eight and last four bytes
  * (codes differ early, refids and containment paths late). Collisions only cost a cache miss.
  */
-export function rangeSlot(bytes: Uint8Array, s: number, e: number, salt: number, bits: number): number {
+function rangeSlot(bytes: Uint8Array, s: number, e: number, salt: number, bits: number): number {
   const n = e - s;
   let h = Math.imul(n + 1, 0x9e3779b1) ^ salt;
   const head = n < 8 ? n : 8;
@@ -239,6 +240,17 @@ const INTERN_BITS = 13;
 const INTERN_MAX_LEN = 64;
 const internKeys = new ByteKeys(INTERN_BITS, INTERN_MAX_LEN);
 const internStrings: string[] = new Array<string>(1 << INTERN_BITS).fill('');
+
+/**
+ * Drops the reader's process-wide caches (interned strings, the shared DataView). Decoding is
+ * correct without them; use it in tests, or to release memory after a burst of unusual input.
+ */
+export function clearHl7Caches(): void {
+  internKeys.clear();
+  internStrings.fill('');
+  lastBuffer = null;
+  lastView = null;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Character sets (MSH-18, HL7 table 0211)
@@ -438,7 +450,6 @@ export class Hl7Message {
   private charset: Charset = ASCII_CHARSET;
   private dataView: DataView | null = null;
   private declaredCharset = '';
-  private warned = 0;
   private headerSegment: Hl7Segment | null = null;
 
   private constructor(bytes: Buffer, start: number, end: number, fatal: Hl7Problem | null) {
@@ -579,7 +590,7 @@ export class Hl7Message {
             hl7Problem(
               ErrorCode.HL7_BAD_SEGMENT,
               '100',
-              `${name}[${this.occurrence(this.segs.length / 2 - 1)}]`,
+              name === 'MSH' ? 'MSH' : `${name}[${this.occurrence(n / 2)}]`,
               `${name} segment is broken over more than one line; the lines were joined`,
               'W',
             ),

@@ -26,9 +26,7 @@ import {
   bytesEqual,
   viewOf,
   hl7Problem,
-  latin1Text,
   parseNumber,
-  rangeSlot,
   type AckTarget,
   type Hl7ParseOptions,
   type Hl7Problem,
@@ -130,7 +128,9 @@ const CPR_OID = '1.2.208.176.1.2';
 const CPR_TYPE = 'NNDNK';
 
 // A PID-3 id that is a placeholder, not a patient ("Unknown Patient", "0", "N/A").
-const PLACEHOLDER_ID = /^(?:unknown|ukendt|none|null|n\/?a|x+|0+|-+|\?+)$/i;
+const OID = /^\d+(?:\.\d+)+$/;
+
+const PLACEHOLDER_ID = /^(?:unknown|ukendt|none|null|n\/?a|x+|0+|-+|\?+|"")$/i;
 
 const enum ValueType {
   Empty,
@@ -149,15 +149,23 @@ const MAX_DEVICES = 256;
 const CACHE_BITS = 11;
 const CACHE_KEY_BYTES = 128;
 
+// ---------------------------------------------------------------------------------------------
+// Caches and scratch
+
 /**
  * A direct-mapped cache from the exact bytes of a range (printable ASCII without the escape
  * character only, so the charset cannot matter) plus the message's delimiters to a value
  * derived from them. A miss costs the derivation and one key string.
  */
 class RangeCache<T> {
-  private readonly keys = new ByteKeys(CACHE_BITS, CACHE_KEY_BYTES);
-  private readonly values: (T | undefined)[] = new Array<T | undefined>(1 << CACHE_BITS).fill(undefined);
+  private readonly keys: ByteKeys;
+  private readonly values: (T | undefined)[];
   private slot = 0;
+
+  constructor(bits: number = CACHE_BITS) {
+    this.keys = new ByteKeys(bits, CACHE_KEY_BYTES);
+    this.values = new Array<T | undefined>(1 << bits).fill(undefined);
+  }
 
   get(bytes: Uint8Array, view: DataView, s: number, e: number, sig: number): T | undefined {
     const slot = this.keys.slotOf(bytes, s, e, sig);
@@ -167,11 +175,13 @@ class RangeCache<T> {
 
   /** Stores `value` for the range last passed to `get`, when its bytes are cacheable. */
   set(bytes: Uint8Array, s: number, e: number, sig: number, esc: number, value: T): void {
-    for (let i = s; i < e; i++) {
-      const c = bytes[i]!;
-      if (c < 0x20 || c > 0x7e || c === esc) return;
-    }
+    if (!printable(bytes, s, e, esc)) return;
     if (this.keys.store(this.slot, bytes, s, e, sig)) this.values[this.slot] = value;
+  }
+
+  clear(): void {
+    this.keys.clear();
+    this.values.fill(undefined);
   }
 }
 
@@ -357,6 +367,11 @@ class TemplateCache {
     this.recent[set] = w;
   }
 
+  clear(): void {
+    this.headLength.fill(-1);
+    this.values.fill(undefined);
+  }
+
   // slab[base, base + n) equals bytes[s, s + n) (`view` reads bytes[i] at at + i), eight bytes
   // at a time; the last word overlaps the one before instead of a byte loop. Comparing the
   // words as float64 is exact here: template bytes are printable ASCII (0x20–0x7e), so a slab
@@ -398,7 +413,7 @@ function printable(bytes: Uint8Array, s: number, e: number, esc: number): boolea
 const templates = new TemplateCache();
 const headCache = new RangeCache<RowHead>();
 // PV1-3 (ward/room/bed: not personal data) → location.
-const locationCache = new RangeCache<{ readonly location: string | null }>();
+const locationCache = new RangeCache<{ readonly location: string | null }>(10);
 const tailCache = new RangeCache<RowTail>();
 const deviceCache = new RangeCache<string>();
 
@@ -411,6 +426,58 @@ const devIds: string[] = [];
 // OBX field offsets: fieldStart[n] is where OBX-n starts; fields past OBX-18 are not needed.
 const LAST_FIELD = 18;
 const fieldStart = new Int32Array(LAST_FIELD + 2);
+
+/** MSH-3/MSH-4 as the header and the device fallback use them (cached by the bytes of MSH-3..4). */
+interface SenderPart {
+  readonly rawSendingApplication: string;
+  readonly rawSendingFacility: string;
+  readonly sendingApplication: string;
+  readonly sendingFacility: string;
+  readonly eui64: string | null;
+  /** Device id for rows without OBX-18: the EUI-64, else MSH-3.1, else MSH-4.1. */
+  readonly defaultDevice: string;
+}
+
+/** MSH-11 to the end of MSH (cached by those bytes; MSH-18 is inside, so the charset is too). */
+interface TrailerPart {
+  readonly rawProcessingId: string;
+  readonly rawVersion: string;
+  readonly rawCharset: string;
+  readonly processingId: string;
+  readonly version: string;
+  readonly profile: string;
+}
+
+/** MSH-9 (cached by its bytes). */
+interface TypePart {
+  readonly messageCode: string;
+  readonly trigger: string;
+  readonly messageStructure: string;
+}
+
+// Senders and message types are few: 256 entries each.
+const senderCache = new RangeCache<SenderPart>(8);
+const typeCache = new RangeCache<TypePart>(8);
+const trailerCache = new RangeCache<TrailerPart>(8);
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+
+/**
+ * Drops the decoder's caches (row templates and the interpretations of repeated field bytes).
+ * Decoding is correct without them, only slower until they refill. For tests; the caches are
+ * bounded (about 1.5 MiB of slabs, allocated once) and need no clearing in production.
+ */
+export function clearPcd01Caches(): void {
+  templates.clear();
+  headCache.clear();
+  tailCache.clear();
+  deviceCache.clear();
+  locationCache.clear();
+  senderCache.clear();
+  typeCache.clear();
+  trailerCache.clear();
+}
 
 function resolveZone(tz: string | ZoneOffsets | undefined): ZoneOffsets {
   if (tz === undefined) return zoneOffsets();
@@ -645,16 +712,21 @@ class MessageDecoder {
     let text: string | null = null;
     const vt = head.valueType;
     if (vt === ValueType.NM || vt === ValueType.Empty) {
-      const cs = this.cs;
-      const rs = this.rs;
-      const ss = this.ss;
-      let v1 = vs;
-      while (v1 < ve) {
-        const c = bytes[v1];
-        if (c === cs || c === rs || c === ss) break;
-        v1++;
+      value = parseNumber(bytes, vs, ve);
+      // An NM field with components or repetitions: its value is the first one.
+      let v1 = ve;
+      if (value !== value && vt === ValueType.NM) {
+        const cs = this.cs;
+        const rs = this.rs;
+        const ss = this.ss;
+        v1 = vs;
+        while (v1 < ve) {
+          const c = bytes[v1];
+          if (c === cs || c === rs || c === ss) break;
+          v1++;
+        }
+        if (v1 < ve) value = parseNumber(bytes, vs, v1);
       }
-      value = parseNumber(bytes, vs, v1);
       if (value !== value && this.msg.segmentContinued(i)) value = numberOfText(this.msg.text(vs, v1));
       if (value !== value) {
         if (vt === ValueType.NM) {
@@ -993,37 +1065,8 @@ function checkType(header: Pcd01Header): Hl7Problem | null {
   return null;
 }
 
-/** MSH-3/MSH-4 as the header and the device fallback use them (cached by the bytes of MSH-3..4). */
-interface SenderPart {
-  readonly rawSendingApplication: string;
-  readonly rawSendingFacility: string;
-  readonly sendingApplication: string;
-  readonly sendingFacility: string;
-  readonly eui64: string | null;
-  /** Device id for rows without OBX-18: the EUI-64, else MSH-3.1, else MSH-4.1. */
-  readonly defaultDevice: string;
-}
-
-/** MSH-11 to the end of MSH (cached by those bytes; MSH-18 is inside, so the charset is too). */
-interface TrailerPart {
-  readonly rawProcessingId: string;
-  readonly rawVersion: string;
-  readonly rawCharset: string;
-  readonly processingId: string;
-  readonly version: string;
-  readonly profile: string;
-}
-
-/** MSH-9 (cached by its bytes). */
-interface TypePart {
-  readonly messageCode: string;
-  readonly trigger: string;
-  readonly messageStructure: string;
-}
-
-const senderCache = new RangeCache<SenderPart>();
-const typeCache = new RangeCache<TypePart>();
-const trailerCache = new RangeCache<TrailerPart>();
+// ---------------------------------------------------------------------------------------------
+// MSH
 
 // Signature of a message's delimiters for the caches: what bytes mean depends on them.
 function signature(msg: Hl7Message): number {
@@ -1155,6 +1198,9 @@ function eui64Of(namespace: string, universalId: string, type: string): string |
 function firstComponent(seg: Hl7Segment, field: number): string {
   return seg.get(field, 1).trim();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Field helpers
 
 /** A field's first repetition as text: components joined by `^`, subcomponents by `&`, trailing empties dropped. */
 function fieldText(msg: Hl7Message, seg: Hl7Segment, field: number): string {
@@ -1338,6 +1384,9 @@ function describeCode(code: string, refid: string, system: string): string {
   return [code, refid, system].join('^').replace(/\^+$/, '');
 }
 
+// ---------------------------------------------------------------------------------------------
+// PID and PV1
+
 /**
  * PID-3: the CPR number when a CX is marked as one (CX-4 holds the CPR register OID
  * 1.2.208.176.1.2, possibly as `&1.2.208.176.1.2&ISO`, or CX-5 is `NNDNK`), else the first real
@@ -1382,7 +1431,8 @@ function readPatient(msg: Hl7Message, seg: Hl7Segment, problems: Hl7Problem[]): 
       const uid = seg.get(3, 4, 2, r).trim();
       const uidType = seg.get(3, 4, 3, r).trim();
       let system = ns;
-      if (uid !== '' && (uidType.toUpperCase() === 'ISO' || /^\d+(?:\.\d+)+$/.test(uid))) system = `urn:oid:${uid}`;
+      if (uid !== '' && (uidType.toUpperCase() === 'ISO' || OID.test(uid))) system = `urn:oid:${uid}`;
+      else if (OID.test(ns)) system = `urn:oid:${ns}`;
       else if (system === '') system = uid;
       fallback = { system, value: id };
     }
