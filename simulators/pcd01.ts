@@ -17,6 +17,7 @@
  * Patients are fake: random CPR-shaped numbers and Danish-island surnames (`Ærø^Søren`).
  */
 import { formatHl7Time, zoneOffsets } from '../src/codec/hl7-time.js';
+import { gaussian, mixSeed, mulberry32, type Rng } from './random.js';
 import { connect, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { DEFAULT_MAX_MESSAGE_BYTES, encodeFrame, MllpDecoder } from '../src/codec/mllp.js';
@@ -137,38 +138,9 @@ export interface Pcd01Generator {
   nextMessage(device?: number): Pcd01Message;
 }
 
-// ── PRNG ────────────────────────────────────────────────────────────────────
-
-type Rng = () => number;
-
-/** mulberry32: a small, fast 32-bit PRNG; good enough for traffic, deterministic from its seed. */
-function mulberry32(seed: number): Rng {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** Derives independent seeds (one per device) from one seed: splitmix32's finaliser. */
-function mixSeed(seed: number, salt: number): number {
-  let z = (seed ^ Math.imul(salt + 1, 0x9e3779b9)) >>> 0;
-  z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
-  z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
-  return (z ^ (z >>> 16)) >>> 0;
-}
-
 const uniform = (rnd: Rng, lo: number, hi: number) => lo + (hi - lo) * rnd();
 const pick = <T>(rnd: Rng, items: readonly T[]): T => items[Math.floor(rnd() * items.length)] as T;
 
-/** Standard normal deviate (Box–Muller). */
-function gaussian(rnd: Rng): number {
-  const u = 1 - rnd(); // (0, 1]: log(0) never happens
-  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rnd());
-}
 
 // ── units and metrics (codes checked against shared/corpus/mdc-loinc-ucum.csv) ──────────────
 

@@ -10,28 +10,12 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { SerialPort } from 'serialport';
 import type { PtyPair } from './pty.js';
+import { gaussian, type Rng } from './random.js';
 
 // ── randomness and drift ────────────────────────────────────────────────────
 
-export type Rng = () => number;
+export { mulberry32, type Rng } from './random.js';
 
-/** mulberry32: a small 32-bit PRNG, deterministic from its seed. */
-export function mulberry32(seed: number): Rng {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** A standard normal sample (Box–Muller). */
-function gaussian(rnd: Rng): number {
-  const u = Math.max(rnd(), 1e-12);
-  return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rnd());
-}
 
 /**
  * A vital sign that drifts like a real one: an Ornstein–Uhlenbeck walk that is pulled back to

@@ -13,6 +13,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { mulberry32, randomInt } from '../../simulators/random.js';
 import { encodeFrame, MllpDecoder, type MllpError } from '../../src/codec/mllp.js';
 import { ErrorCode } from '../../src/errors.js';
 
@@ -90,18 +91,6 @@ function pipelined(messages: readonly Buffer[]): Buffer {
 
 // ── PRNG ────────────────────────────────────────────────────────────────────
 
-/** mulberry32: small, fast, good enough to drive a fuzzer; deterministic from its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const int = (rnd: () => number, n: number) => Math.floor(rnd() * n);
 
 // ── the oracle ──────────────────────────────────────────────────────────────
 
@@ -225,7 +214,7 @@ function decodeChunks(stream: Buffer, cuts: readonly number[], maxMessage: numbe
 
 function randomCuts(rnd: () => number, length: number, maxChunk: number): number[] {
   const cuts: number[] = [];
-  for (let at = 1 + int(rnd, maxChunk); at < length; at += 1 + int(rnd, maxChunk)) cuts.push(at);
+  for (let at = 1 + randomInt(rnd, maxChunk); at < length; at += 1 + randomInt(rnd, maxChunk)) cuts.push(at);
   return cuts;
 }
 
@@ -234,7 +223,7 @@ function randomBytes(rnd: () => number, n: number): Buffer {
   const out = Buffer.allocUnsafe(n);
   for (let i = 0; i < n; i++) {
     const r = rnd();
-    out[i] = r < 0.06 ? VT : r < 0.12 ? FS : r < 0.2 ? CR : r < 0.24 ? LF : int(rnd, 256);
+    out[i] = r < 0.06 ? VT : r < 0.12 ? FS : r < 0.2 ? CR : r < 0.24 ? LF : randomInt(rnd, 256);
   }
   return out;
 }
@@ -242,17 +231,17 @@ function randomBytes(rnd: () => number, n: number): Buffer {
 /** A stream mixing good frames, garbage, truncations, lenient and bad end blocks, oversized frames. */
 function randomStream(rnd: () => number, maxMessage: number): Buffer {
   const parts: Buffer[] = [];
-  const count = 1 + int(rnd, 12);
+  const count = 1 + randomInt(rnd, 12);
   for (let i = 0; i < count; i++) {
-    const m = MESSAGES[int(rnd, MESSAGES.length)] as Buffer;
+    const m = MESSAGES[randomInt(rnd, MESSAGES.length)] as Buffer;
     const r = rnd();
     if (r < 0.45) parts.push(encodeFrame(m));
-    else if (r < 0.55) parts.push(randomBytes(rnd, int(rnd, 300)));
-    else if (r < 0.65) parts.push(Buffer.concat([Buffer.from([VT]), m.subarray(0, int(rnd, m.length + 1))]));
-    else if (r < 0.72) parts.push(Buffer.concat([Buffer.from([VT]), m, Buffer.from([FS, [LF, VT, 0x41][int(rnd, 3)] as number])]));
-    else if (r < 0.8) parts.push(encodeFrame(Buffer.alloc(maxMessage + 1 + int(rnd, 3 * maxMessage), 0x4d)));
-    else if (r < 0.9) parts.push(Buffer.from(['\r\n', '\n', '\r', ''][int(rnd, 4)] as string, 'latin1'));
-    else parts.push(encodeFrame(Buffer.from(randomBytes(rnd, int(rnd, 200)).filter((b) => b !== VT && b !== FS))));
+    else if (r < 0.55) parts.push(randomBytes(rnd, randomInt(rnd, 300)));
+    else if (r < 0.65) parts.push(Buffer.concat([Buffer.from([VT]), m.subarray(0, randomInt(rnd, m.length + 1))]));
+    else if (r < 0.72) parts.push(Buffer.concat([Buffer.from([VT]), m, Buffer.from([FS, [LF, VT, 0x41][randomInt(rnd, 3)] as number])]));
+    else if (r < 0.8) parts.push(encodeFrame(Buffer.alloc(maxMessage + 1 + randomInt(rnd, 3 * maxMessage), 0x4d)));
+    else if (r < 0.9) parts.push(Buffer.from(['\r\n', '\n', '\r', ''][randomInt(rnd, 4)] as string, 'latin1'));
+    else parts.push(encodeFrame(Buffer.from(randomBytes(rnd, randomInt(rnd, 200)).filter((b) => b !== VT && b !== FS))));
   }
   return Buffer.concat(parts);
 }
@@ -260,7 +249,7 @@ function randomStream(rnd: () => number, maxMessage: number): Buffer {
 /** Runs `body` with a seed and says which seed failed, so the case can be replayed. */
 function withSeed(seed: number, body: (rnd: () => number) => void): void {
   try {
-    body(prng(seed));
+    body(mulberry32(seed));
   } catch (err) {
     // Every seed derives from BASE_SEED, so replaying that base replays this case.
     throw new Error(`MLLP fuzz failed (replay: MDI_FUZZ_SEED=${BASE_SEED}; case seed ${seed}): ${(err as Error).message}`, {
@@ -344,11 +333,11 @@ describe('MLLP fuzz: hostile input', () => {
     withSeed(BASE_SEED + 1, (rnd) => {
       for (let round = 0; round < 300; round++) {
         const maxMessage = [64, 512, 4096][round % 3] as number;
-        const maxError = [64, 100, 1024][int(rnd, 3)] as number;
+        const maxError = [64, 100, 1024][randomInt(rnd, 3)] as number;
         const stream = randomStream(rnd, maxMessage);
         const expected = referenceDecode(stream, maxMessage, maxError);
         agree(stream, [], maxMessage, maxError, expected);
-        agree(stream, randomCuts(rnd, stream.length, 1 + int(rnd, 200)), maxMessage, maxError, expected);
+        agree(stream, randomCuts(rnd, stream.length, 1 + randomInt(rnd, 200)), maxMessage, maxError, expected);
       }
     });
   });
@@ -357,9 +346,9 @@ describe('MLLP fuzz: hostile input', () => {
     const good = ownMessages()[1] as Buffer;
     withSeed(BASE_SEED + 2, (rnd) => {
       for (let round = 0; round < 300; round++) {
-        const junk = round % 2 === 0 ? randomBytes(rnd, int(rnd, 3000)) : Buffer.from(Array.from({ length: int(rnd, 3000) }, () => int(rnd, 256)));
+        const junk = round % 2 === 0 ? randomBytes(rnd, randomInt(rnd, 3000)) : Buffer.from(Array.from({ length: randomInt(rnd, 3000) }, () => randomInt(rnd, 256)));
         const stream = Buffer.concat([junk, encodeFrame(good)]);
-        const run = agree(stream, randomCuts(rnd, stream.length, 1 + int(rnd, 500)), 1024, 64);
+        const run = agree(stream, randomCuts(rnd, stream.length, 1 + randomInt(rnd, 500)), 1024, 64);
         const last = run.events.at(-1);
         expect(last?.kind === 'frame' && last.bytes.equals(good)).toBe(true);
         for (const e of run.events) if (e.kind === 'error') expect(e.head.length).toBeLessThanOrEqual(64);
@@ -370,13 +359,13 @@ describe('MLLP fuzz: hostile input', () => {
   it('reports every oversized frame with its head and still delivers the good frame after it', () => {
     withSeed(BASE_SEED + 3, (rnd) => {
       for (let round = 0; round < 50; round++) {
-        const size = 2049 + int(rnd, 20_000);
+        const size = 2049 + randomInt(rnd, 20_000);
         const huge = Buffer.alloc(size, 0x58);
         Buffer.from('MSH|^~\\&|X|||||||BIG42|').copy(huge);
-        const good = MESSAGES[int(rnd, MESSAGES.length)] as Buffer;
+        const good = MESSAGES[randomInt(rnd, MESSAGES.length)] as Buffer;
         if (good.length > 2048) continue;
         const stream = Buffer.concat([encodeFrame(huge), encodeFrame(good)]);
-        const run = agree(stream, randomCuts(rnd, stream.length, 1 + int(rnd, 4000)), 2048, 256);
+        const run = agree(stream, randomCuts(rnd, stream.length, 1 + randomInt(rnd, 4000)), 2048, 256);
         expect(run.events).toHaveLength(2);
         const [e, f] = run.events;
         expect(e?.kind === 'error' && e.code === ErrorCode.MLLP_FRAME_TOO_LARGE && e.length === size).toBe(true);
@@ -389,11 +378,11 @@ describe('MLLP fuzz: hostile input', () => {
   it('reports truncated frames and a start block inside a frame, then goes on', () => {
     withSeed(BASE_SEED + 4, (rnd) => {
       for (let round = 0; round < 200; round++) {
-        const a = MESSAGES[int(rnd, MESSAGES.length)] as Buffer;
-        const b = MESSAGES[int(rnd, MESSAGES.length)] as Buffer;
-        const cutAt = int(rnd, a.length + 1);
+        const a = MESSAGES[randomInt(rnd, MESSAGES.length)] as Buffer;
+        const b = MESSAGES[randomInt(rnd, MESSAGES.length)] as Buffer;
+        const cutAt = randomInt(rnd, a.length + 1);
         const stream = Buffer.concat([Buffer.from([VT]), a.subarray(0, cutAt), encodeFrame(b), Buffer.from([VT]), a.subarray(0, cutAt)]);
-        const run = agree(stream, randomCuts(rnd, stream.length, 1 + int(rnd, 300)), 1 << 20, 16 << 10);
+        const run = agree(stream, randomCuts(rnd, stream.length, 1 + randomInt(rnd, 300)), 1 << 20, 16 << 10);
         expect(run.events.map((e) => (e.kind === 'frame' ? 'frame' : e.reason))).toEqual(['restarted', 'frame', 'end-of-stream']);
       }
     });
@@ -406,9 +395,9 @@ describe('MLLP fuzz: hostile input', () => {
       let rounds = 0;
       for (let seed = BASE_SEED + 100; Date.now() < deadline; seed++, rounds++) {
         withSeed(seed, (rnd) => {
-          const maxMessage = [16, 64, 512, 4096, 65536][int(rnd, 5)] as number;
-          const maxError = [64, 100, 1024, 16384][int(rnd, 4)] as number;
-          const stream = rnd() < 0.3 ? randomBytes(rnd, int(rnd, 20_000)) : randomStream(rnd, maxMessage);
+          const maxMessage = [16, 64, 512, 4096, 65536][randomInt(rnd, 5)] as number;
+          const maxError = [64, 100, 1024, 16384][randomInt(rnd, 4)] as number;
+          const stream = rnd() < 0.3 ? randomBytes(rnd, randomInt(rnd, 20_000)) : randomStream(rnd, maxMessage);
           const expected = referenceDecode(stream, maxMessage, maxError);
           for (const maxChunk of [1, 7, 300, 100_000]) {
             agree(stream, randomCuts(rnd, stream.length, maxChunk), maxMessage, maxError, expected);

@@ -9,6 +9,7 @@
  * 180 000 ms per random test); `MDI_FUZZ_SEED=<n>` replays the seed a failure printed.
  */
 import { describe, expect, it } from 'vitest';
+import { mulberry32, randomInt } from '../../simulators/random.js';
 import { decodeBccBlock, parseBccRecords } from '../../drivers/serial/bbraun.js';
 import {
   BccFramer,
@@ -30,18 +31,6 @@ const LONG = process.env.MDI_FUZZ_LONG === '1';
 const LONG_MS = Number(process.env.MDI_FUZZ_MS ?? 180_000);
 const BASE_SEED = process.env.MDI_FUZZ_SEED !== undefined ? Number(process.env.MDI_FUZZ_SEED) : Date.now() >>> 0;
 
-/** mulberry32: deterministic from its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const int = (rnd: () => number, n: number) => Math.floor(rnd() * n);
 
 /** Runs `body(seed)` for a few seeds, or for `MDI_FUZZ_MS` in the long run. */
 function forSeeds(runs: number, body: (seed: number) => void): void {
@@ -202,14 +191,14 @@ const INTERESTING = [0x00, 0x01, 0x02, 0x03, 0x04, 0x06, 0x0a, 0x0d, 0x11, 0x13,
 
 function randomBytes(rnd: () => number, length: number): Buffer {
   const out = Buffer.allocUnsafe(length);
-  for (let i = 0; i < length; i++) out[i] = rnd() < 0.3 ? INTERESTING[int(rnd, INTERESTING.length)]! : int(rnd, 256);
+  for (let i = 0; i < length; i++) out[i] = rnd() < 0.3 ? INTERESTING[randomInt(rnd, INTERESTING.length)]! : randomInt(rnd, 256);
   return out;
 }
 
 function randomChunks(rnd: () => number, stream: Buffer): Buffer[] {
   const chunks: Buffer[] = [];
   for (let i = 0; i < stream.length; ) {
-    const n = 1 + int(rnd, 64);
+    const n = 1 + randomInt(rnd, 64);
     chunks.push(stream.subarray(i, i + n));
     i += n;
   }
@@ -236,16 +225,16 @@ describe('serial framers under fuzzing', () => {
 
       it('gives the same result in random chunk sizes', () => {
         forSeeds(100, (seed) => {
-          const h = decodeChunks(f.make, randomChunks(prng(seed), stream));
+          const h = decodeChunks(f.make, randomChunks(mulberry32(seed), stream));
           expect(h.events).toEqual(whole);
         });
       });
 
       it('survives random bytes in bounded memory, counts every refusal, and a good frame after them arrives', () => {
         forSeeds(200, (seed) => {
-          const rnd = prng(seed);
+          const rnd = mulberry32(seed);
           const h = f.make();
-          const junk = randomBytes(rnd, 1 + int(rnd, 4096));
+          const junk = randomBytes(rnd, 1 + randomInt(rnd, 4096));
           for (const chunk of randomChunks(rnd, junk)) {
             h.push(chunk);
             expect(h.pending()).toBeLessThanOrEqual(4096);
@@ -288,9 +277,9 @@ describe('serial decoders under fuzzing', () => {
     const keys = ['SPO2', 'BPM', 'PI', 'EXC', 'ALARM', 'SN', 'PVI', 'X', 'spo2'];
     const values = ['098%', '---', '--.-', '000', '00.00', '+--', 'C00:LowSigIQ', '000820', '9x', '', '12.5', '-1'];
     forSeeds(2000, (seed) => {
-      const rnd = prng(seed);
-      const tokens = Array.from({ length: int(rnd, 8) }, () => (rnd() < 0.1 ? randomBytes(rnd, 4).toString('latin1') : `${keys[int(rnd, keys.length)]}=${values[int(rnd, values.length)]}`));
-      const head = rnd() < 0.9 ? `0${1 + int(rnd, 9)}/${10 + int(rnd, 25)}/16 1${int(rnd, 10)}:${10 + int(rnd, 50)}:${10 + int(rnd, 50)} ` : '';
+      const rnd = mulberry32(seed);
+      const tokens = Array.from({ length: randomInt(rnd, 8) }, () => (rnd() < 0.1 ? randomBytes(rnd, 4).toString('latin1') : `${keys[randomInt(rnd, keys.length)]}=${values[randomInt(rnd, values.length)]}`));
+      const head = rnd() < 0.9 ? `0${1 + randomInt(rnd, 9)}/${10 + randomInt(rnd, 25)}/16 1${randomInt(rnd, 10)}:${10 + randomInt(rnd, 50)}:${10 + randomInt(rnd, 50)} ` : '';
       const d = decodeMasimoLine(head + tokens.join(' '), { deviceId: 'd', zone, codes });
       for (const m of [...d.readings, ...d.states]) {
         if (m.flags & Quality.INVALID) expect(Number.isNaN(m.value)).toBe(true);
@@ -303,8 +292,8 @@ describe('serial decoders under fuzzing', () => {
   it('MEDIBUS: random response data never throws', () => {
     const codes = vendorCodesFor('medibus');
     forSeeds(2000, (seed) => {
-      const rnd = prng(seed);
-      const data = randomBytes(rnd, int(rnd, 200));
+      const rnd = mulberry32(seed);
+      const data = randomBytes(rnd, randomInt(rnd, 200));
       for (const code of [0x24, 0x2b, 0x27, 0x2e, 0x52]) {
         const d = decodeMedibusResponse({ kind: 'response', code, data, offset: 0, length: data.length + 5 }, { deviceId: 'd', time: 0, tzOffset: 0, codes });
         for (const m of d.measurements) if (m.flags & Quality.INVALID) expect(Number.isNaN(m.value)).toBe(true);
@@ -316,11 +305,11 @@ describe('serial decoders under fuzzing', () => {
     const codes = vendorCodesFor('bbraun');
     const params = ['INRT', 'INRMT', 'INSOL', 'INM3', 'INA3', 'PATNAME', 'GNERR', 'FOO'];
     forSeeds(2000, (seed) => {
-      const rnd = prng(seed);
-      const records = Array.from({ length: int(rnd, 10) }, () =>
+      const rnd = mulberry32(seed);
+      const records = Array.from({ length: randomInt(rnd, 10) }, () =>
         rnd() < 0.2
-          ? randomBytes(rnd, int(rnd, 20)).toString('latin1')
-          : `${int(rnd, 1000)},501${1 + int(rnd, 3)}${1 + int(rnd, 9)},${params[int(rnd, params.length)]},${rnd() < 0.2 ? '_NV' : (rnd() * 100).toFixed(2)}`,
+          ? randomBytes(rnd, randomInt(rnd, 20)).toString('latin1')
+          : `${randomInt(rnd, 1000)},501${1 + randomInt(rnd, 3)}${1 + randomInt(rnd, 9)},${params[randomInt(rnd, params.length)]},${rnd() < 0.2 ? '_NV' : (rnd() * 100).toFixed(2)}`,
       );
       const info = Buffer.from(records.join(RS), 'latin1');
       expect(() => parseBccRecords(info)).not.toThrow();
