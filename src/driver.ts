@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { Logger } from './log.js';
 import type { DeadLetterInput } from './model/dead-letter.js';
 import type { Measurement } from './model/measurement.js';
@@ -42,14 +43,34 @@ export interface DriverStatus {
   readonly counters: Readonly<Record<string, number>>;
 }
 
+/**
+ * Who sent a message, its id, and a digest of its bytes. A resend (same sender, id and bytes)
+ * is a duplicate and is answered without storing it again. A different message that reuses an
+ * id — a device whose counter restarted after a reboot, a test tool that always sends
+ * `MSGID1234` — is NOT a duplicate: dropping it would lose readings.
+ */
+export interface MessageIdentity {
+  /** HL7: MSH-3 and MSH-4 (HL7 v2.6 2.10.3: MSH-10 is unique per sending system). */
+  readonly sender: string;
+  /** HL7: MSH-10. */
+  readonly controlId: string;
+  /** A hash of the message bytes (`messageDigest()`). */
+  readonly digest: string;
+}
+
+/** The digest of a message's bytes for `MessageIdentity` (SHA-1: fast, and no security role here). */
+export function messageDigest(bytes: Uint8Array): string {
+  return createHash('sha1').update(bytes).digest('base64url');
+}
+
 /** One decoded piece of input, ready to be normalized and committed. */
 export interface IngestBatch {
   /** Arrival time, epoch ms. */
   readonly received: number;
   /** Where it came from: `mllp 10.1.2.3:5123`. */
   readonly source: string;
-  /** Message identity for duplicate detection (HL7: MSH-3/MSH-4 and MSH-10), or null. */
-  readonly message: { readonly sender: string; readonly controlId: string } | null;
+  /** Message identity for duplicate detection, or null when the input has none. */
+  readonly message: MessageIdentity | null;
   readonly measurements: readonly Measurement[];
   /** Parts of the input the driver already refused (a bad OBX row), kept as dead letters. */
   readonly rejects: readonly DeadLetterInput[];

@@ -2,7 +2,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { buildAck, type AckCode } from '../../src/codec/hl7.js';
 import { encodeFrame, MllpDecoder, type MllpError } from '../../src/codec/mllp.js';
 import { decodePcd01, type Pcd01Header } from '../../src/codec/pcd01.js';
-import { DriverState, type Driver, type DriverContext, type DriverStatus } from '../../src/driver.js';
+import { DriverState, messageDigest, type Driver, type DriverContext, type DriverStatus } from '../../src/driver.js';
 import { ErrorCode, GatewayError, type Problem } from '../../src/errors.js';
 import type { DeadLetterInput } from '../../src/model/dead-letter.js';
 
@@ -218,7 +218,7 @@ class MllpConnection {
       const result = await this.ctx.submit({
         received,
         source: this.source,
-        message: { sender: senderOf(h), controlId: h.controlId },
+        message: { sender: senderOf(h), controlId: h.controlId, digest: messageDigest(frame) },
         measurements: decoded.measurements,
         rejects,
       });

@@ -22,7 +22,7 @@
  */
 import { readFileSync } from 'node:fs';
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
-import { DriverState, type Driver, type DriverContext, type DriverStatus } from '../../src/driver.js';
+import { DriverState, messageDigest, type Driver, type DriverContext, type DriverStatus } from '../../src/driver.js';
 import { ErrorCode, GatewayError } from '../../src/errors.js';
 import { Backoff, DEFAULT_BACKOFF, sleep, type BackoffOptions } from '../../src/reconnect.js';
 import { decodeOptions, decodeReadings, deviceIdOfReadingsTopic, DEAD_LETTER_HEAD_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, TOPIC_ROOT, type DecodeOptions } from './payload.js';
@@ -330,7 +330,10 @@ export class MqttSubscriberDriver implements Driver {
       .submit({
         received: Date.now(),
         source: `mqtt ${this.url} ${topic.slice(0, 200)}`,
-        message: batch.messageId !== null && deviceId !== null ? { sender: `mqtt:${deviceId}`, controlId: batch.messageId } : null,
+        message:
+          batch.messageId !== null && deviceId !== null
+            ? { sender: `mqtt:${deviceId}`, controlId: batch.messageId, digest: messageDigest(payload) }
+            : null,
         measurements: batch.measurements,
         rejects: batch.rejects,
       })

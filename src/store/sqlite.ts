@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
+import type { MessageIdentity } from '../driver.js';
 import { ErrorCode, GatewayError } from '../errors.js';
 import type { DeadLetter, DeadLetterInput } from '../model/dead-letter.js';
 import type { PatientId } from '../model/measurement.js';
@@ -38,16 +39,18 @@ interface Pending {
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
--- One row per accepted message: the durable record that makes a retransmit (same sender,
--- same MSH-10) get the same answer without storing its readings twice.
+-- One row per accepted message: the durable record that makes a resend (same sender, same
+-- MSH-10, same bytes) get the same answer without storing its readings twice. The digest is
+-- part of the key so that a new message reusing an old id is stored, not dropped.
 CREATE TABLE IF NOT EXISTS messages (
   id INTEGER PRIMARY KEY,
   received INTEGER NOT NULL,
   source TEXT NOT NULL,
   sender TEXT NOT NULL,
   control_id TEXT NOT NULL,
+  digest TEXT NOT NULL,
   observations INTEGER NOT NULL,
-  UNIQUE (sender, control_id)
+  UNIQUE (sender, control_id, digest)
 );
 CREATE TABLE IF NOT EXISTS observations (
   id INTEGER PRIMARY KEY,
@@ -128,7 +131,7 @@ export class SqliteStore implements Store {
     const db = this.db;
     this.statements = {
       insertMessage: db.prepare(
-        'INSERT OR IGNORE INTO messages (received, source, sender, control_id, observations) VALUES (?, ?, ?, ?, ?)',
+        'INSERT OR IGNORE INTO messages (received, source, sender, control_id, digest, observations) VALUES (?, ?, ?, ?, ?, ?)',
       ),
       insertObservation: db.prepare(insertObservationsSql(1)),
       insertObservations: db.prepare(insertObservationsSql(ROWS_PER_INSERT)),
@@ -144,7 +147,7 @@ export class SqliteStore implements Store {
         'INSERT INTO cursors (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position',
       ),
       messageByControlId: db.prepare(
-        'SELECT observations FROM messages WHERE sender = ? AND control_id = ?',
+        'SELECT observations FROM messages WHERE sender = ? AND control_id = ? AND digest = ?',
       ),
     };
     this.applyGroup = this.db.transaction((group: Pending[]) => group.map((p) => this.applyUnit(p.unit)));
@@ -197,10 +200,11 @@ export class SqliteStore implements Store {
         unit.source,
         unit.message.sender,
         unit.message.controlId,
+        unit.message.digest,
         unit.observations.length,
       );
       if (info.changes === 0) {
-        const previous = s.messageByControlId.get(unit.message.sender, unit.message.controlId) as
+        const previous = s.messageByControlId.get(unit.message.sender, unit.message.controlId, unit.message.digest) as
           | { observations: number }
           | undefined;
         return { stored: 0, deadLetters: 0, duplicate: true, previouslyStored: previous?.observations ?? 0 };
@@ -323,9 +327,13 @@ export class SqliteStore implements Store {
     };
   }
 
-  /** Whether a message (sender + MSH-10) was committed, and with how many readings. */
-  messageCommitted(sender: string, controlId: string): { observations: number } | null {
-    return (this.statements.messageByControlId.get(sender, controlId) as { observations: number } | undefined) ?? null;
+  /** Whether a message (sender, MSH-10, digest) was committed, and with how many readings. */
+  messageCommitted(message: MessageIdentity): { observations: number } | null {
+    return (
+      (this.statements.messageByControlId.get(message.sender, message.controlId, message.digest) as
+        | { observations: number }
+        | undefined) ?? null
+    );
   }
 
   /** The patient's pseudonym under this store's key (kept in the store, made at first start). */

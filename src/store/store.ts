@@ -1,3 +1,4 @@
+import type { MessageIdentity } from '../driver.js';
 import type { DeadLetter, DeadLetterInput } from '../model/dead-letter.js';
 import type { PatientId } from '../model/measurement.js';
 import type { Observation } from '../model/observation.js';
@@ -12,7 +13,7 @@ export interface CommitUnit {
   /** Where it came from: `mllp 10.1.2.3:5123`, `serial /dev/ttyUSB0`. */
   readonly source: string;
   /** The message identity for duplicate detection, or null when the input has none. */
-  readonly message: { readonly sender: string; readonly controlId: string } | null;
+  readonly message: MessageIdentity | null;
   readonly observations: readonly Observation[];
   readonly deadLetters: readonly DeadLetterInput[];
 }

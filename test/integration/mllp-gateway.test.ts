@@ -185,6 +185,16 @@ describe('PCD-01 over MLLP into the store', () => {
     await client.close();
   });
 
+  it('stores a different message that reuses a control id (a device whose counter restarted)', async () => {
+    const client = await MllpTestClient.connect(gw.mllpPort);
+    client.send(pcd01Message({ controlId: 'REUSED-1', device: 'AAAAAAAAAAAAAA09', time: '20261121101455+0100' }));
+    client.send(pcd01Message({ controlId: 'REUSED-1', device: 'AAAAAAAAAAAAAA09', time: '20261121101555+0100' }));
+    const acks = await client.waitForAcks(2);
+    expect(acks.map((a) => a.code)).toEqual(['AA', 'AA']);
+    expect(await observations('device=AAAAAAAAAAAAAA09')).toHaveLength(4);
+    await client.close();
+  });
+
   it('keeps a frame cut off by a closed connection as a dead letter', async () => {
     const client = await MllpTestClient.connect(gw.mllpPort);
     const framed = encodeFrame(pcd01Message({ controlId: 'CUT-1' }));

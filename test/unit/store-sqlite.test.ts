@@ -41,7 +41,7 @@ describe('SqliteStore', () => {
     const result = await store.commit({
       received: 1,
       source: 'test',
-      message: { sender: 'A', controlId: 'M1' },
+      message: { sender: 'A', controlId: 'M1', digest: 'd1' },
       observations: [obs(), obs({ metric: 'MDC_PULS_OXIM_SAT_O2', code: 150456, value: Number.NaN, text: 'x' })],
       deadLetters: [{ code: ErrorCode.HL7_BAD_VALUE, reason: 'NM value is not a number', location: 'OBX[3]-5', controlId: 'M1', raw: Buffer.from('OBX|3|NM|…|abc') }],
     });
@@ -57,25 +57,29 @@ describe('SqliteStore', () => {
 
   it('stores a retransmitted message once and says it was a duplicate', async () => {
     const { store } = open();
-    const unit = { received: 1, source: 's', message: { sender: 'A', controlId: 'M1' }, observations: [obs()], deadLetters: [] };
+    const unit = { received: 1, source: 's', message: { sender: 'A', controlId: 'M1', digest: 'd1' }, observations: [obs()], deadLetters: [] };
     const [a, b] = await Promise.all([store.commit(unit), store.commit(unit)]);
     expect(a.duplicate).toBe(false);
     expect(b).toEqual({ stored: 0, deadLetters: 0, duplicate: true, previouslyStored: 1 });
     expect(store.counts().observations).toBe(1);
-    expect((await store.commit({ ...unit, message: { sender: 'B', controlId: 'M1' } })).duplicate).toBe(false);
+    // Another sender may use the same id.
+    expect((await store.commit({ ...unit, message: { sender: 'B', controlId: 'M1', digest: 'd1' } })).duplicate).toBe(false);
+    // A different message that reuses an id (a device whose counter restarted) is stored, not dropped.
+    expect((await store.commit({ ...unit, message: { sender: 'A', controlId: 'M1', digest: 'd2' } })).duplicate).toBe(false);
+    expect(store.counts().observations).toBe(3);
   });
 
   it('groups concurrent commits into one transaction and keeps them durable across reopen', async () => {
     const { store, file } = open();
     const commits = Array.from({ length: 200 }, (_, i) =>
-      store.commit({ received: i, source: 's', message: { sender: 'A', controlId: `M${i}` }, observations: [obs({ time: i })], deadLetters: [] }),
+      store.commit({ received: i, source: 's', message: { sender: 'A', controlId: `M${i}`, digest: 'd' }, observations: [obs({ time: i })], deadLetters: [] }),
     );
     const results = await Promise.all(commits);
     expect(results.every((r) => r.stored === 1)).toBe(true);
     await store.close();
     const { store: again } = open(file);
     expect(again.counts().observations).toBe(200);
-    expect(again.messageCommitted('A', 'M199')).toEqual({ observations: 1 });
+    expect(again.messageCommitted({ sender: 'A', controlId: 'M199', digest: 'd' })).toEqual({ observations: 1 });
   });
 
   it('filters by device, metric (refid or code) and time window', async () => {
