@@ -65,6 +65,14 @@ export interface EpjRepositoryOptions {
 /** In-memory FHIR repository with transactions, counted versions and tombstones. */
 export class EpjRepository extends FhirRepository<undefined> {
   private readonly slots = new Map<string, Slot>();
+  /**
+   * `Type|system|value` (and `Type|*|value`) → keys of slots whose resource had that identifier
+   * at some version. A superset: candidates are always checked against the search again. It
+   * turns the conditional create the gateway sends for every Observation (`identifier=…`) from
+   * a scan of every stored resource into a lookup, so the stand-in does not slow down as it
+   * fills (bench/outbox.bench.ts).
+   */
+  private readonly identifierIndex = new Map<string, Set<string>>();
   private readonly idSource: () => string;
   private readonly now: () => number;
   private journal: JournalEntry[] | undefined;
@@ -78,6 +86,7 @@ export class EpjRepository extends FhirRepository<undefined> {
   /** Removes every resource and all history. */
   clear(): void {
     this.slots.clear();
+    this.identifierIndex.clear();
     this.journal = undefined;
   }
 
@@ -215,7 +224,7 @@ export class EpjRepository extends FhirRepository<undefined> {
 
   override async search<T extends Resource>(searchRequest: SearchRequest<T>): Promise<Bundle<WithId<T>>> {
     let matches: WithId<Resource>[] = [];
-    for (const slot of this.slots.values()) {
+    for (const slot of this.candidates(searchRequest)) {
       const current = slot.current;
       if (current?.resourceType === searchRequest.resourceType && matchesSearchRequest(current, searchRequest)) {
         matches.push(current);
@@ -279,6 +288,40 @@ export class EpjRepository extends FhirRepository<undefined> {
     }
   }
 
+  /** The slots a search can match: by the identifier index when the search is `identifier=…` only. */
+  private candidates(searchRequest: SearchRequest): Iterable<Slot> {
+    const filters = searchRequest.filters ?? [];
+    const only = filters.length === 1 ? filters[0]! : undefined;
+    if (only?.code !== 'identifier' || only.operator !== Operator.EQUALS || only.value.includes(',')) {
+      return this.slots.values();
+    }
+    const bar = only.value.indexOf('|');
+    const indexKey =
+      bar < 0 ? `${searchRequest.resourceType}|*|${only.value}` : `${searchRequest.resourceType}|${only.value}`;
+    const keys = this.identifierIndex.get(indexKey.toLowerCase());
+    const out: Slot[] = [];
+    for (const k of keys ?? []) {
+      const slot = this.slots.get(k);
+      if (slot) out.push(slot);
+    }
+    return out;
+  }
+
+  private indexIdentifiers(slotKey: string, resource: Resource): void {
+    const identifiers = (resource as { identifier?: { system?: string; value?: string }[] }).identifier;
+    if (!Array.isArray(identifiers)) return;
+    for (const id of identifiers) {
+      if (typeof id?.value !== 'string') continue;
+      for (const k of [`${resource.resourceType}|${id.system ?? ''}|${id.value}`, `${resource.resourceType}|*|${id.value}`]) {
+        // Lower case: the index must be a superset of what the (case-insensitive) matcher accepts.
+        const lower = k.toLowerCase();
+        let set = this.identifierIndex.get(lower);
+        if (!set) this.identifierIndex.set(lower, (set = new Set()));
+        set.add(slotKey);
+      }
+    }
+  }
+
   /** Stores `resource` as the next version of its slot (version 1 for a new resource). */
   private write<T extends Resource>(resource: WithId<T>): WithId<T> {
     const k = key(resource.resourceType, resource.id);
@@ -300,6 +343,7 @@ export class EpjRepository extends FhirRepository<undefined> {
     };
     slot.current = stored;
     slot.history.push(stored);
+    this.indexIdentifiers(k, stored);
     return deepClone(stored);
   }
 
