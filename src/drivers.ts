@@ -3,9 +3,12 @@
  * is added here and wired from config in gateway.ts.
  */
 import { mllpDriver } from '../drivers/mllp/index.js';
+import { mqttBrokerDriver, mqttClientDriver } from '../drivers/mqtt/index.js';
 import { serialDriver } from '../drivers/serial/index.js';
 
 export const driverFactories = {
   mllp: mllpDriver,
   serial: serialDriver,
+  mqttBroker: mqttBrokerDriver,
+  mqttClient: mqttClientDriver,
 } as const;

@@ -14,6 +14,8 @@ import { SqliteStore } from './store/sqlite.js';
 export interface GatewayAddresses {
   readonly http: { host: string; port: number };
   readonly mllp: { host: string; port: number } | null;
+  /** The embedded MQTT broker, or null when `mqtt.broker.enabled` is false. */
+  readonly mqtt?: { host: string; port: number } | null;
   /** The EPJ the gateway charts to (the embedded stand-in's URL when `fhir.baseUrl` is absent), or null. */
   readonly epj: { url: string; embedded: boolean } | null;
 }
@@ -28,8 +30,8 @@ const DAY_MS = 24 * HOUR_MS;
  * finish (every in-flight message committed and answered), the API closes, charting stops
  * (requests in flight are aborted; their entries stay in the outbox), the store flushes and
  * closes, the stand-in closes. Each stop step runs under a timeout so one stuck
- * part cannot keep the process alive forever. Drivers start in order (the MLLP listener, then
- * each serial device) and stop in reverse.
+ * part cannot keep the process alive forever. Drivers start in order (the MLLP listener, each
+ * serial device, the embedded MQTT broker, each MQTT subscription) and stop in reverse.
  */
 export class Gateway {
   private store: SqliteStore | null = null;
@@ -105,6 +107,37 @@ export class Gateway {
         await driver.start();
       }
 
+      // MQTT: the embedded broker (a port that cannot be bound fails the start, like MLLP),
+      // then each external-broker subscription (start() returns at once; a broker that is
+      // down is retried with backoff and shows in /api/status).
+      let mqtt: GatewayAddresses['mqtt'] = null;
+      if (config.mqtt.broker.enabled) {
+        const b = config.mqtt.broker;
+        const broker = driverFactories.mqttBroker.create(
+          {
+            host: b.host,
+            port: b.port,
+            devices: b.devices,
+            maxPayloadBytes: config.mqtt.maxPayloadBytes,
+            maxPacketBytes: b.maxPacketBytes,
+            maxConnections: b.maxConnections,
+            connectTimeoutMs: b.connectTimeoutMs,
+          },
+          ingest.contextFor(log.child({ driver: 'mqtt-broker' }), config.timezone),
+        );
+        this.drivers.push(broker);
+        await broker.start();
+        mqtt = { host: b.host, port: broker.port() };
+      }
+      for (const sub of config.mqtt.subscribe) {
+        const driver = driverFactories.mqttClient.create(
+          { ...sub, maxPayloadBytes: config.mqtt.maxPayloadBytes },
+          ingest.contextFor(log.child({ driver: 'mqtt-client', clientId: sub.clientId }), config.timezone),
+        );
+        this.drivers.push(driver);
+        await driver.start();
+      }
+
       if (config.store.sqlite.retentionDays > 0) {
         const prune = () => {
           const removed = store.prune(Date.now() - config.store.sqlite.retentionDays * DAY_MS);
@@ -115,9 +148,9 @@ export class Gateway {
       }
 
       const epj = charting === null ? null : { url: this.epj?.url ?? config.fhir.baseUrl ?? '', embedded: this.epj !== null };
-      this.addresses = { http: { host: config.http.host, port: httpPort }, mllp, epj };
+      this.addresses = { http: { host: config.http.host, port: httpPort }, mllp, mqtt, epj };
       this.ready = true;
-      log.info({ dataDir, http: this.addresses.http, mllp, epj }, 'mdi-gateway started');
+      log.info({ dataDir, http: this.addresses.http, mllp, mqtt, epj }, 'mdi-gateway started');
       return this.addresses;
     } catch (err) {
       await this.stop();

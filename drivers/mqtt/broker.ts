@@ -22,10 +22,9 @@
  * connection without PUBACK: the device redelivers after it reconnects. Backpressure comes
  * free: aedes reads a client's next chunk only once every packet of the previous chunk is done.
  */
-import { createHash } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
 import { Aedes, type AedesOptions, type AuthenticateError, type Client } from 'aedes';
-import { DriverState, messageDigest, type Driver, type DriverContext, type DriverStatus, type IngestBatch } from '../../src/driver.js';
+import { DriverState, messageDigest, type Driver, type DriverContext, type DriverStatus, type IngestBatch, type MessageIdentity } from '../../src/driver.js';
 import { ErrorCode, GatewayError } from '../../src/errors.js';
 import { verifySecret } from './auth.js';
 import { guardSocket } from './guard.js';
@@ -334,9 +333,8 @@ export class MqttBrokerDriver implements Driver {
  * The store's duplicate key for a message with an `id`: sender, id and a digest of the bytes,
  * so a redelivery is a no-op and a reused id with other content is not mistaken for one.
  */
-function messageIdentity(deviceId: string, id: string, payload: Buffer): { sender: string; controlId: string; digest: string } {
-  const identity = { sender: `mqtt:${deviceId}`, controlId: id, digest: createHash('sha1').update(payload).digest('base64url') };
-  return identity;
+function messageIdentity(deviceId: string, id: string, payload: Buffer): MessageIdentity {
+  return { sender: `mqtt:${deviceId}`, controlId: id, digest: messageDigest(payload) };
 }
 
 function authError(returnCode: 4 | 5, message: string): AuthenticateError {

@@ -4,8 +4,6 @@ import { FhirSettings } from '../sinks/fhir/config.js';
 /**
  * The configuration schema: the reference for every setting, its default, unit and bounds.
  * Objects are strict, so a misspelt key fails at start with its path instead of being ignored.
- * A later issue gives meaning to `mqtt.broker.port`; it is part of the schema now so configs
- * written today keep working.
  */
 
 const port = z.number().int().min(0).max(65535);
@@ -70,12 +68,107 @@ export const StoreConfig = z.strictObject({
     .prefault({}),
 });
 
+/** A device id as it may stand in an MQTT topic level (drivers/mqtt/payload.ts DEVICE_ID_PATTERN). */
+const mqttDeviceId = z.string().regex(/^[A-Za-z0-9._:-]{1,128}$/, 'use 1–128 letters, digits and . _ : - (no /, + or #)');
+
+/** One device allowed on the embedded broker. */
+const MqttDeviceCredentialConfig = z.strictObject({
+  /** The MQTT client id the device must connect with; its readings carry it. */
+  deviceId: mqttDeviceId,
+  /** User name; default: the device id. */
+  username: z.string().min(1).max(128).optional(),
+  /** scrypt hash of the device's password, from `mdi mqtt-hash-password` (never the password itself). */
+  passwordHash: z.string().regex(/^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/, 'must be a scrypt$… hash from `mdi mqtt-hash-password`, never a plain password'),
+});
+
+/** Reconnect backoff towards an external broker (ms); see src/reconnect.ts for why backoff and jitter. */
+const MqttReconnectConfig = z.strictObject({
+  initialDelayMs: z.number().int().min(10).max(60_000).default(500),
+  maxDelayMs: z.number().int().min(100).max(600_000).default(30_000),
+});
+
+/** One subscription to an external broker (client mode). */
+const MqttSubscriptionConfig = z
+  .strictObject({
+    /** `mqtt://host:1883` or `mqtts://host:8883`. */
+    url: z.string().regex(/^(mqtts?|wss?):\/\/[^\s]+$/, 'must be an mqtt://, mqtts://, ws:// or wss:// URL'),
+    topics: z.array(z.string().min(1).max(512)).min(1).max(100).default(['mdi/v1/devices/+/readings']),
+    /** MQTT v5 shared subscription group: instances with the same group split the messages. */
+    sharedGroup: z.string().regex(/^[^/+#\s]{1,64}$/, 'no /, +, # or spaces').optional(),
+    qos: z.union([z.literal(0), z.literal(1)]).default(1),
+    /** Stable per instance (the broker keeps this instance's session under it); unique per instance. */
+    clientId: z.string().min(1).max(128),
+    /** How long (s) the broker keeps the session and queues messages while this instance is away. */
+    sessionExpirySeconds: z.number().int().min(0).max(4_294_967_295).default(86_400),
+    /** Un-acked messages the broker may send at once; × the packet bound is the memory one connection can take. */
+    receiveMaximum: z.number().int().min(1).max(65_535).default(32),
+    keepaliveSeconds: z.number().int().min(5).max(3600).default(30),
+    connectTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
+    tls: z
+      .strictObject({
+        ca: z.string().min(1).optional(),
+        cert: z.string().min(1).optional(),
+        key: z.string().min(1).optional(),
+        rejectUnauthorized: z.boolean().default(true),
+        servername: z.string().min(1).optional(),
+      })
+      .optional(),
+    auth: z
+      .strictObject({
+        username: z.string().min(1).max(256),
+        /** Prefer `passwordFile` (a mounted secret): a password here sits in the config file. */
+        password: z.string().max(1024).optional(),
+        passwordFile: z.string().min(1).optional(),
+      })
+      .optional(),
+    reconnect: MqttReconnectConfig.prefault({}),
+  })
+  .superRefine((s, ctx) => {
+    if (s.auth?.password !== undefined && s.auth.passwordFile !== undefined) ctx.addIssue({ code: 'custom', path: ['auth'], message: 'give "password" or "passwordFile", not both' });
+    if (s.reconnect.maxDelayMs < s.reconnect.initialDelayMs) ctx.addIssue({ code: 'custom', path: ['reconnect', 'maxDelayMs'], message: 'must be at least reconnect.initialDelayMs' });
+  });
+
 export const MqttConfig = z.strictObject({
+  /** Largest accepted message body (bytes); larger ones become dead letters (head only). */
+  maxPayloadBytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(256 * 1024),
   broker: z
     .strictObject({
+      /** The embedded broker (aedes, MQTT 3.1.1) for devices that connect to the gateway itself. */
+      enabled: z.boolean().default(false),
       port: port.default(1883),
+      host: host.default('0.0.0.0'),
+      /** Largest MQTT packet (bytes): a connection announcing a larger one is closed before anything is buffered. */
+      maxPacketBytes: z.number().int().min(1024).max(256 * 1024 * 1024).default(1024 * 1024),
+      maxConnections: z.number().int().min(1).max(1_000_000).default(10_000),
+      /** A socket that has not sent CONNECT by then is closed (ms). */
+      connectTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
+      /** Devices allowed to connect (until the device registry holds them). */
+      devices: z
+        .array(MqttDeviceCredentialConfig)
+        .max(100_000)
+        .default([])
+        .superRefine((devices, ctx) => {
+          const seen = new Map<string, number>();
+          devices.forEach((d, i) => {
+            if (seen.has(d.deviceId)) ctx.addIssue({ code: 'custom', path: [i, 'deviceId'], message: `"${d.deviceId}" is already used by device ${seen.get(d.deviceId)}` });
+            else seen.set(d.deviceId, i);
+          });
+        }),
     })
     .prefault({}),
+  /** External brokers to subscribe to (client mode); each entry is one connection. */
+  subscribe: z
+    .array(MqttSubscriptionConfig)
+    .max(100)
+    .default([])
+    .superRefine((subs, ctx) => {
+      const seen = new Map<string, number>();
+      subs.forEach((s, i) => {
+        const key = `${s.url}|${s.clientId}`;
+        if (seen.has(key)) ctx.addIssue({ code: 'custom', path: [i, 'clientId'], message: `client id "${s.clientId}" is already used on ${s.url} by entry ${seen.get(key)}` });
+        else seen.set(key, i);
+      });
+    }),
 });
 
 /**

@@ -115,7 +115,7 @@ describe('mqtt client mode: delivery', () => {
     cleanup.push(() => pub.endAsync(true));
     await pub.publishAsync(readingsTopic('dev-9'), reading('only-one'), { qos: 1 });
     await waitFor(() => ctx.batches.length === 1, 8000, 'the redelivered message');
-    expect(ctx.batches[0]!.message).toEqual({ sender: 'mqtt:dev-9', controlId: 'only-one' });
+    expect(ctx.batches[0]!.message).toMatchObject({ sender: 'mqtt:dev-9', controlId: 'only-one' });
     expect(driver.status().counters.storeErrors).toBe(1);
     expect(driver.status().lastError).toBe(ErrorCode.STORE_FAILED);
   });
