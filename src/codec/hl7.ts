@@ -187,13 +187,17 @@ export class ByteKeys {
   matches(slot: number, bytes: Uint8Array, view: DataView, viewOffset: number, s: number, e: number, salt: number): boolean {
     const n = e - s;
     if (this.lengths[slot] !== n || this.salts[slot] !== salt) return false;
-    const slab = this.slabView;
     const base = slot * this.width;
-    const at = viewOffset + s;
-    let i = 0;
-    for (; i + 4 <= n; i += 4) if (slab.getInt32(base + i, true) !== view.getInt32(at + i, true)) return false;
+    if (n >= 4) {
+      // Words of four bytes; the last one overlaps the one before instead of a byte loop.
+      const slab = this.slabView;
+      const at = viewOffset + s;
+      const lastWord = n - 4;
+      for (let i = 0; i < lastWord; i += 4) if (slab.getInt32(base + i, true) !== view.getInt32(at + i, true)) return false;
+      return slab.getInt32(base + lastWord, true) === view.getInt32(at + lastWord, true);
+    }
     const raw = this.slab;
-    for (; i < n; i++) if (raw[base + i] !== bytes[s + i]) return false;
+    for (let i = 0; i < n; i++) if (raw[base + i] !== bytes[s + i]) return false;
     return true;
   }
 
@@ -235,7 +239,7 @@ function rangeSlot(bytes: Uint8Array, s: number, e: number, salt: number, bits: 
 // Interning: short ASCII leaves, keyed by their bytes and the escape byte of their message (a
 // leaf is only clean — needs no unescaping — relative to its own message's escape character).
 // Devices repeat the same codes, units and ids in every message, so the steady state creates no
-// strings for them. Memory: INTERN_SIZE × INTERN_MAX_LEN bytes plus the strings.
+// strings for them. Memory: 2^INTERN_BITS × INTERN_MAX_LEN bytes (512 KiB) plus the strings.
 const INTERN_BITS = 13;
 const INTERN_MAX_LEN = 64;
 const internKeys = new ByteKeys(INTERN_BITS, INTERN_MAX_LEN);
@@ -306,12 +310,12 @@ function tableCharset(label: string): Charset | null {
   return cs;
 }
 
+const charsetMemo = new Map<string, Charset | null>();
+
 /**
  * The character set named by an MSH-18 value (first repetition, any case). `null` when the name
  * is not one the reader knows; the caller then decodes as UTF-8 when valid, else Latin-1.
  */
-const charsetMemo = new Map<string, Charset | null>();
-
 function charsetFor(name: string): Charset | null {
   let cs = charsetMemo.get(name);
   if (cs === undefined) {
@@ -412,6 +416,9 @@ export interface Hl7ParseOptions {
   readonly defaultCharset?: string;
 }
 
+// | ^ ~ \ & and no truncation character.
+const STANDARD_BYTES: readonly number[] = [0x7c, 0x5e, 0x7e, 0x5c, 0x26, -1];
+
 const SEG_CONTINUED = 1;
 const NO_WARNINGS: readonly Hl7Problem[] = Object.freeze([]);
 
@@ -437,12 +444,18 @@ export class Hl7Message {
   readonly fatal: Hl7Problem | null;
   private warningList: Hl7Problem[] | null = null;
 
-  /** @internal field separator byte */ fs = 0x7c;
-  /** @internal component separator byte, -1 when unused */ cs = 0x5e;
-  /** @internal repetition separator byte, -1 when unused */ rs = 0x7e;
-  /** @internal escape byte, -1 when unused */ es = 0x5c;
-  /** @internal subcomponent separator byte, -1 when unused */ ss = 0x26;
-  /** @internal truncation byte, -1 when unused */ ts = -1;
+  /** Field separator byte (MSH-1). The delimiter bytes are for byte-level readers such as pcd01. */
+  readonly fs: number;
+  /** Component separator byte, -1 when the message does not use one. */
+  readonly cs: number;
+  /** Repetition separator byte, -1 when unused. */
+  readonly rs: number;
+  /** Escape byte, -1 when unused. */
+  readonly es: number;
+  /** Subcomponent separator byte, -1 when unused. */
+  readonly ss: number;
+  /** Truncation byte (v2.7 `#`), -1 when unused. */
+  readonly ts: number;
 
   // Segment i spans [segs[2i], segs[2i+1]); indexes of segments joined from several lines.
   private readonly segs: number[] = [];
@@ -452,11 +465,17 @@ export class Hl7Message {
   private declaredCharset = '';
   private headerSegment: Hl7Segment | null = null;
 
-  private constructor(bytes: Buffer, start: number, end: number, fatal: Hl7Problem | null) {
+  private constructor(bytes: Buffer, start: number, end: number, fatal: Hl7Problem | null, delimiters: readonly number[] = STANDARD_BYTES) {
     this.bytes = bytes;
     this.start = start;
     this.end = end;
     this.fatal = fatal;
+    this.fs = delimiters[0]!;
+    this.cs = delimiters[1]!;
+    this.rs = delimiters[2]!;
+    this.es = delimiters[3]!;
+    this.ss = delimiters[4]!;
+    this.ts = delimiters[5]!;
   }
 
   /**
@@ -509,13 +528,14 @@ export class Hl7Message {
         ),
       );
     }
-    const msg = new Hl7Message(bytes, p, end, null);
-    msg.fs = fs;
-    msg.cs = count > 0 ? bytes[p + 4]! : -1;
-    msg.rs = count > 1 ? bytes[p + 5]! : -1;
-    msg.es = count > 2 ? bytes[p + 6]! : -1;
-    msg.ss = count > 3 ? bytes[p + 7]! : -1;
-    msg.ts = count > 4 ? bytes[p + 8]! : -1;
+    const msg = new Hl7Message(bytes, p, end, null, [
+      fs,
+      count > 0 ? bytes[p + 4]! : -1,
+      count > 1 ? bytes[p + 5]! : -1,
+      count > 2 ? bytes[p + 6]! : -1,
+      count > 3 ? bytes[p + 7]! : -1,
+      count > 4 ? bytes[p + 8]! : -1,
+    ]);
     if (count < 4) {
       msg.warn(
         hl7Problem(
@@ -552,6 +572,27 @@ export class Hl7Message {
         if (nextLf < 0 || nextLf > end) nextLf = end;
       }
       const lineEnd = nextCr < nextLf ? nextCr : nextLf;
+      // Fast path: one CR, then the next segment (HL7 v2.6 2.5.1 as MLLP senders write it).
+      const next = lineEnd + 1;
+      if (
+        next + 3 < end &&
+        b[lineEnd] === CR &&
+        ALNUM[b[next]!] === 1 &&
+        ALNUM[b[next + 1]!] === 1 &&
+        ALNUM[b[next + 2]!] === 1 &&
+        b[next + 3] === fs &&
+        flags === 0 &&
+        lineEnd > segStart &&
+        b[lineEnd - 1] !== SPACE &&
+        b[lineEnd - 1] !== TAB
+      ) {
+        const n = this.segs.length;
+        this.segs[n] = segStart;
+        this.segs[n + 1] = lineEnd;
+        segStart = next;
+        pos = next;
+        continue;
+      }
       // Skip the terminator and any blank or whitespace-only lines after it.
       let q = lineEnd;
       let w = q;

@@ -8,9 +8,14 @@
  * the other rows stay good; oddities that do not lose data are warnings (`severity: 'W'`).
  * Problem messages name segments, fields and OBX-3 codes, never patient data or OBX-5 values.
  *
- * Hot path (see bench/codec.bench.ts): one field scan per OBX up to OBX-18, numbers parsed from
- * the bytes, OBX-3/OBX-6 interpretations and short strings cached by their bytes, one time parse
- * per distinct OBX-14, and one Measurement object per row.
+ * Hot path (bench/codec.bench.ts, results in bench/RESULTS.md): a monitor repeats its rows with
+ * only OBX-1, the value and the time changing, so each OBX is first compared, eight bytes at a
+ * time, with a cached row template (everything but OBX-1/5/14, with what it means); only a new
+ * row is scanned field by field (four bytes at a time) and read. Numbers are parsed from the
+ * bytes, OBX-14 is parsed once per distinct value in a message, strings come from caches, and
+ * each row costs one Measurement object. The caches are keyed by exact bytes plus the message's
+ * delimiters, bounded (about 1.5 MiB) and never change a result (tests decode with them cold and
+ * warm).
  *
  * Spec: IHE PCD TF-2 (Rev. 9) §3.1 and Appendix B (OBX-3/4/6/18 in PCD messages), HL7 v2.6
  * chapter 7 (OBX), IEEE 11073-10101 (MDC codes), IEEE 11073-20601 §F.8 (FLOAT special values).
@@ -742,7 +747,7 @@ class MessageDecoder {
           );
           return;
         }
-        text = repetitionText(this.msg, this.msg.segment(i, this.seg)!);
+        text = this.valueText(vs, ve);
       }
     } else if (vt === ValueType.SN) {
       // SN: comparator ^ num1 ^ separator/suffix ^ num2; a plain "=n" / "n" is a number.
@@ -755,7 +760,7 @@ class MessageDecoder {
       }
     } else {
       // NA arrays, ST/TX/FT, CWE/CE/CNE, DTM …: kept as text.
-      text = repetitionText(this.msg, this.msg.segment(i, this.seg)!);
+      text = this.valueText(vs, ve);
     }
     let flags = this.baseFlags | row.tailFlags;
     if (value >= SPECIAL_MIN && value <= SPECIAL_MAX) {
@@ -943,6 +948,15 @@ class MessageDecoder {
         hasTime,
       });
     }
+  }
+
+  // The first repetition of OBX-5 ([vs, ve)) as text.
+  private valueText(vs: number, ve: number): string {
+    const bytes = this.bytes;
+    const rs = this.rs;
+    let e = vs;
+    while (e < ve && bytes[e] !== rs) e++;
+    return renderRepetition(this.msg, vs, e);
   }
 
   // OBX-18 of segment i (EI-1, else EI-3), '' when empty; cached by the field's bytes.
@@ -1395,25 +1409,51 @@ function describeCode(code: string, refid: string, system: string): string {
  */
 function readPatient(msg: Hl7Message, seg: Hl7Segment, problems: Hl7Problem[]): PatientId | null {
   const bytes = msg.bytes;
+  const cs = msg.cs;
+  const ss = msg.ss;
   const reps = seg.repetitionCount(3);
   let fallback: PatientId | null = null;
   for (let r = 1; r <= reps; r++) {
-    if (!seg.locate(3, 1, 1, r)) continue;
-    let s = seg.leafStart;
-    let e = seg.leafEnd;
-    while (s < e && bytes[s] === 0x20) s++;
-    while (e > s && bytes[e - 1] === 0x20) e--;
-    let blank = s === e;
-    for (let i = s; i < e && !blank; i++) if (bytes[i]! <= 0x20) blank = true;
+    if (!seg.locate(3, 0, 0, r)) continue;
+    // One pass over the CX: component boundaries (CX-1, CX-4 with its subcomponents, CX-5).
+    const e = seg.leafEnd;
+    let c = 1;
+    let start = seg.leafStart;
+    for (let i = start; i <= e && c <= 5; i++) {
+      if (i < e && bytes[i] !== cs) continue;
+      cx[2 * c] = start;
+      cx[2 * c + 1] = i;
+      c++;
+      start = i + 1;
+    }
+    for (; c <= 5; c++) cx[2 * c] = cx[2 * c + 1] = e;
+    let s1 = cx[2]!;
+    let e1 = cx[3]!;
+    while (s1 < e1 && bytes[s1] === 0x20) s1++;
+    while (e1 > s1 && bytes[e1 - 1] === 0x20) e1--;
+    let blank = s1 === e1;
+    for (let i = s1; i < e1 && !blank; i++) if (bytes[i]! <= 0x20) blank = true;
     if (blank) continue;
+    // CX-4 (HD): namespace & universal id & type.
+    let h = cx[8]!;
+    const he = cx[9]!;
+    let k = 1;
+    for (let i = h; i <= he && k <= 3; i++) {
+      if (i < he && bytes[i] !== ss) continue;
+      hd[2 * k] = h;
+      hd[2 * k + 1] = i;
+      k++;
+      h = i + 1;
+    }
+    for (; k <= 3; k++) hd[2 * k] = hd[2 * k + 1] = he;
     const isCpr =
-      partEquals(seg, bytes, 5, 1, r, CPR_TYPE) ||
-      partEquals(seg, bytes, 4, 2, r, CPR_OID) ||
-      partEquals(seg, bytes, 4, 1, r, CPR_OID) ||
-      partEquals(seg, bytes, 4, 2, r, CPR_SYSTEM) ||
-      partEquals(seg, bytes, 4, 1, r, CPR_SYSTEM);
+      trimmedEquals(bytes, cx[10]!, cx[11]!, CPR_TYPE) ||
+      trimmedEquals(bytes, hd[4]!, hd[5]!, CPR_OID) ||
+      trimmedEquals(bytes, hd[2]!, hd[3]!, CPR_OID) ||
+      trimmedEquals(bytes, hd[4]!, hd[5]!, CPR_SYSTEM) ||
+      trimmedEquals(bytes, hd[2]!, hd[3]!, CPR_SYSTEM);
     // Personal data: decoded without the process-wide string cache.
-    const id = msg.text(s, e, false);
+    const id = msg.text(s1, e1, false);
     if (PLACEHOLDER_ID.test(id)) continue;
     if (isCpr) {
       const cpr = id.length === 11 && id[6] === '-' ? id.slice(0, 6) + id.slice(7) : id;
@@ -1427,9 +1467,9 @@ function readPatient(msg: Hl7Message, seg: Hl7Segment, problems: Hl7Problem[]): 
       return { system: CPR_SYSTEM, value: cpr };
     }
     if (fallback === null) {
-      const ns = seg.get(3, 4, 1, r).trim();
-      const uid = seg.get(3, 4, 2, r).trim();
-      const uidType = seg.get(3, 4, 3, r).trim();
+      const ns = msg.text(hd[2]!, hd[3]!).trim();
+      const uid = msg.text(hd[4]!, hd[5]!).trim();
+      const uidType = msg.text(hd[6]!, hd[7]!).trim();
       let system = ns;
       if (uid !== '' && (uidType.toUpperCase() === 'ISO' || OID.test(uid))) system = `urn:oid:${uid}`;
       else if (OID.test(ns)) system = `urn:oid:${ns}`;
@@ -1440,11 +1480,12 @@ function readPatient(msg: Hl7Message, seg: Hl7Segment, problems: Hl7Problem[]): 
   return fallback;
 }
 
-// True when PID-3 part (component.subcomponent of repetition r), trimmed, is exactly `text`.
-function partEquals(seg: Hl7Segment, bytes: Uint8Array, component: number, sub: number, r: number, text: string): boolean {
-  if (!seg.locate(3, component, sub, r)) return false;
-  let s = seg.leafStart;
-  let e = seg.leafEnd;
+// Scratch for readPatient: [start, end) of CX components 1..5 and HD subcomponents 1..3.
+const cx = new Int32Array(12);
+const hd = new Int32Array(8);
+
+// bytes[s, e) without surrounding spaces is exactly `text`.
+function trimmedEquals(bytes: Uint8Array, s: number, e: number, text: string): boolean {
   while (s < e && bytes[s] === 0x20) s++;
   while (e > s && bytes[e - 1] === 0x20) e--;
   return bytesEqual(bytes, s, e, text);
