@@ -109,9 +109,10 @@ Exit code 0 when every input decoded without problems, 1 when any had problems.`
     },
   },
   simulate: {
-    summary: 'play simulated devices against a gateway (pcd01, masimo, medibus, bbraun)',
+    summary: 'play simulated devices against a gateway (pcd01, masimo, medibus, bbraun, mqtt)',
     help: `Usage: mdi simulate pcd01 --to HOST:PORT [options]
        mdi simulate masimo|medibus|bbraun [--port PATH | --tcp-port N] [options]
+       mdi simulate mqtt --to mqtt://HOST:PORT --devices N --rate R [options]
 
 Plays patient monitors and infusion pumps that send IHE PCD-01 over MLLP, with plausible,
 slowly drifting values, and reports ACKs (AA/AE/AR), rate and ACK latency (p50/p95/p99).
@@ -141,7 +142,20 @@ Serial devices (masimo: Radical-7 ASCII 1; medibus: Dräger ventilator; bbraun: 
   --unplug-ms MS      length of a pulled cable (default 3000)
   --interval-ms MS    masimo: time between lines (default 1000)
   --duration S        stop after S seconds (default: until Ctrl-C)
-  --seed S            seed for reproducible values`,
+  --seed S            seed for reproducible values
+
+MQTT devices (topic mdi/v1/devices/<id>/readings, QoS 1, one message in flight per device):
+  --to URL            the broker: the gateway's embedded one or an external one
+                      (default mqtt://127.0.0.1:1883)
+  --devices N         devices <prefix>-1 … <prefix>-N, one connection each (default 10)
+  --rate R            messages per second per device; 0 = as fast as PUBACKs come (default 1)
+  --count C, --duration S, --seed S   as above
+  --secret S          fleet secret the device passwords derive from (default: $MDI_SIM_SECRET
+                      or "mdi-simulator"); the same secret in --print-config and the run
+  --prefix P          device id prefix (default sim-mon)
+  --print-config      print the mqtt.broker block (scrypt hashes) for the gateway, then exit
+  --no-auth           connect without user name and password (an open external broker)
+  --faults bad-json   send some messages truncated (--fault-rate, default 0.01)`,
     options: {
       to: { type: 'string' },
       devices: { type: 'string' },
@@ -159,12 +173,45 @@ Serial devices (masimo: Radical-7 ASCII 1; medibus: Dräger ventilator; bbraun: 
       'pause-ms': { type: 'string' },
       'unplug-ms': { type: 'string' },
       'interval-ms': { type: 'string' },
+      secret: { type: 'string' },
+      prefix: { type: 'string' },
+      'print-config': { type: 'boolean' },
+      'no-auth': { type: 'boolean' },
     },
     allowPositionals: true,
     async run(values, positionals) {
       const { runSimulate } = await import('./commands/simulate.js');
       return runSimulate(positionals, values);
     },
+  },
+};
+
+commands['mqtt-hash-password'] = {
+  summary: 'hash a device password for mqtt.broker.devices (reads it from stdin)',
+  help: `Usage: mdi mqtt-hash-password < password-file
+       echo -n 'secret' | mdi mqtt-hash-password
+
+Prints the scrypt hash of the password read from stdin (one line; a trailing newline is
+dropped), for passwordHash in mqtt.broker.devices. The password is read from stdin, not from
+the command line, so it does not end up in the shell history or the process list.
+
+Options:
+  -h, --help          this help`,
+  options: {},
+  allowPositionals: false,
+  async run() {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of process.stdin) {
+      size += (chunk as Buffer).length;
+      if (size > 4096) throw new UsageError('the password is longer than 4096 bytes');
+      chunks.push(chunk as Buffer);
+    }
+    const password = Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+    if (password.length === 0) throw new UsageError('no password on stdin');
+    const { driverFactories } = await import('./drivers.js');
+    process.stdout.write(`${await driverFactories.mqttBroker.hashSecret(password)}\n`);
+    return 0;
   },
 };
 

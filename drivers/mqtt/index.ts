@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import type { DriverContext, DriverFactory } from '../../src/driver.js';
 import { MqttBrokerDriver, type MqttBrokerOptions } from './broker.js';
 import { MqttSubscriberDriver, type MqttSubscriberOptions } from './client.js';
+import { hashSecret } from './auth.js';
 
 export { MqttBrokerDriver, type MqttBrokerOptions, type MqttBrokerStatus, type MqttDeviceCredential } from './broker.js';
 export { MqttSubscriberDriver, mqttSubscriberName, redactUrl, subscriptionFilters, type MqttSubscriberOptions, type MqttSubscriberStatus, type MqttTlsOptions } from './client.js';
@@ -25,11 +26,18 @@ export {
   type DecodedMessage,
 } from './payload.js';
 
+/** The broker factory, plus what the CLI needs to configure it. */
+export interface MqttBrokerFactory extends DriverFactory<MqttBrokerOptions> {
+  /** The scrypt hash of a device password for `mqtt.broker.devices[].passwordHash`. */
+  hashSecret(password: string): Promise<string>;
+}
+
 /** The embedded aedes broker on `mqtt.broker.port`. */
 export const mqttBrokerDriver = {
   kind: 'mqtt-broker',
   create: (options: MqttBrokerOptions, ctx: DriverContext) => new MqttBrokerDriver(options, ctx),
-} satisfies DriverFactory<MqttBrokerOptions>;
+  hashSecret: (password: string) => hashSecret(password),
+} satisfies MqttBrokerFactory;
 
 /** One `mqtt.subscribe[]` entry: `auth.passwordFile` (a mounted secret) is read here, once. */
 export type MqttClientDriverOptions = Omit<MqttSubscriberOptions, 'auth'> & {

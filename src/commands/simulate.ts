@@ -17,8 +17,15 @@ export async function runSimulate(positionals: string[], values: Record<string, 
     const { runSerialSimulate } = await import('./simulate-serial.js');
     return runSerialSimulate(kind, values);
   }
+  if (kind === 'mqtt') {
+    const { runMqttSimulate } = await import('./simulate-mqtt.js');
+    return runMqttSimulate(values);
+  }
   if (kind !== 'pcd01') {
-    throw new UsageError(kind ? `unknown simulator '${kind}' (available: pcd01, masimo, medibus, bbraun)` : 'name a simulator: pcd01, masimo, medibus, bbraun');
+    throw new UsageError(kind ? `unknown simulator '${kind}' (available: pcd01, masimo, medibus, bbraun, mqtt)` : 'name a simulator: pcd01, masimo, medibus, bbraun, mqtt');
+  }
+  for (const name of ['secret', 'prefix', 'print-config', 'no-auth']) {
+    if (values[name] !== undefined) throw new UsageError(`--${name} is for the mqtt simulator, not for pcd01`);
   }
   for (const name of ['port', 'tcp-port', 'pause-ms', 'unplug-ms', 'interval-ms']) {
     if (values[name] !== undefined) throw new UsageError(`--${name} is for the serial simulators, not for pcd01`);
