@@ -226,6 +226,7 @@ describe('auth towards the EPJ', () => {
     const baseUrl = `https://127.0.0.1:${(tls.address() as AddressInfo).port}/fhir`;
 
     const untrusted = await charting(baseUrl, {});
+    await waitFor(() => untrusted.charting.status().epj.reachable === false, 10_000, 'the start probe failing on TLS');
     await commit(untrusted.store, [reading('hr', { time: Date.now() - 1000 })]);
     await waitFor(() => untrusted.charting.status().lastError !== null, 10_000, 'a TLS failure');
     expect(untrusted.charting.status().lastError!.code).toBe(FhirErrorCode.NETWORK);

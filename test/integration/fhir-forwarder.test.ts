@@ -82,6 +82,9 @@ describe('charting into the EPJ stand-in', () => {
     };
     const settings = fhirSettings({ charting: { metrics: ['MDC_FLOW_FLUID_PUMP'] } });
     const { charting, store } = await chartingTo(proxy.url, settings);
+    // A probe at start (GET metadata) tells whether the EPJ answers before anything is sent.
+    await waitFor(() => charting.status().epj.reachable === true, 5_000, 'the start probe');
+    expect(proxy.requests[0]).toMatchObject({ method: 'GET', path: '/metadata', status: 200 });
     const t = Date.UTC(2025, 2, 12, 9, 15);
     await commit(store, [
       reading('hr', { time: t }),
@@ -196,10 +199,12 @@ describe('charting into the EPJ stand-in', () => {
   }, 60_000);
 
   it('honours 429 Retry-After', async () => {
-    const epj = await epjWith({ faults: { throttle: 2 } });
+    const epj = await epjWith();
     const proxy = await startRecordingProxy(epj.url);
     cleanups.push(() => proxy.close());
     const { charting, store } = await chartingTo(proxy.url);
+    await waitFor(() => charting.status().epj.reachable === true, 5_000, 'the start probe');
+    await epj.setFaults({ throttle: 2 });
     await commit(store, [reading('hr', { time: Date.now() - 1000 }), reading('spo2', { time: Date.now() - 1000 })]);
     await waitFor(() => proxy.requests.some((r) => r.status === 429), 10_000, 'a 429');
     await epj.resetFaults();
@@ -212,6 +217,20 @@ describe('charting into the EPJ stand-in', () => {
     expect(proxy.requests.filter((r) => r.status === 429)).toHaveLength(1);
     expect(charting.status().lastError).toMatchObject({ code: FhirErrorCode.UNAVAILABLE, status: 429 });
     expect(countByIdentifier(await allResources<FhirObservation>(epj.url, 'Observation')).size).toBe(2);
+  }, 30_000);
+
+  it('a throttled EPJ at start: the start probe\'s Retry-After holds the first Bundle too', async () => {
+    const epj = await epjWith({ faults: { throttle: 1 } });
+    const proxy = await startRecordingProxy(epj.url);
+    cleanups.push(() => proxy.close());
+    const { charting, store } = await chartingTo(proxy.url);
+    await commit(store, [reading('hr', { time: Date.now() - 1000 })]);
+    await waitFor(() => proxy.requests.length >= 1, 5_000, 'the probe');
+    await epj.resetFaults();
+    await waitFor(settledAll(charting, store), 10_000, 'charted');
+    const [probe, first] = proxy.requests;
+    expect(probe).toMatchObject({ path: '/metadata', status: 429 });
+    expect(first!.at - probe!.at).toBeGreaterThanOrEqual(950);
   }, 30_000);
 
   it('resends after lost answers without duplicating (dropped connections, conditional create)', async () => {

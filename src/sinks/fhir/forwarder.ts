@@ -249,6 +249,34 @@ export class FhirForwarder {
     }
   }
 
+  /**
+   * Asks the EPJ for its CapabilityStatement (`GET metadata`): whether it answers, and its FHIR
+   * version. Never rejects.
+   */
+  async probe(
+    signal?: AbortSignal,
+  ): Promise<{ reached: boolean; status?: number; fhirVersion?: string; retryAfterMs?: number; error?: string }> {
+    try {
+      const authorization = await this.o.auth.authorization(signal).catch(() => null);
+      const res = await this.o.http.request({
+        method: 'GET',
+        url: `${this.o.baseUrl}/metadata`,
+        headers: { accept: FHIR_JSON, ...(authorization !== null ? { authorization } : {}) },
+        ...(signal ? { signal } : {}),
+      });
+      const body = parseJson(res.body) as { resourceType?: string; fhirVersion?: string } | undefined;
+      const retryAfterMs = parseRetryAfter(res.headers['retry-after'], this.o.clock(), this.o.retry.maxRetryAfterMs);
+      return {
+        reached: true,
+        status: res.status,
+        ...(retryAfterMs !== null ? { retryAfterMs } : {}),
+        ...(body?.resourceType === 'CapabilityStatement' && typeof body.fhirVersion === 'string' ? { fhirVersion: body.fhirVersion } : {}),
+      };
+    } catch (err) {
+      return { reached: false, error: scrubCpr(String((err as Error)?.message ?? err)) };
+    }
+  }
+
   private rejected(entry: ClaimedEntry, code: FhirErrorCode, message: string, status?: number, outcome?: unknown): EntryResult {
     this.o.log.warn(
       { entry: entry.id, identifier: entry.identifier, code, status, issue: issueCodes(outcome as OperationOutcome | undefined)[0] },

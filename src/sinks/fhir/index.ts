@@ -110,6 +110,8 @@ export interface FhirCharting {
 const RATE_SLOTS = 60;
 /** Housekeeping (expiry, pruning, re-count) runs this often, ms. */
 const MAINTAIN_EVERY_MS = 30_000;
+/** Longest wait for the start probe before sending anyway (an EPJ slow to answer metadata), ms. */
+const PROBE_GATE_MS = 5_000;
 /** How long `stop()` waits for aborted requests to come back before giving up on them, ms. */
 const STOP_WAIT_MS = 5_000;
 
@@ -147,6 +149,7 @@ class Charting implements FhirCharting {
   private rateSecond = 0;
   private readonly startedAt: number;
   private passQueued = false;
+  private probing = false;
 
   constructor(private readonly options: FhirForwarderOptions) {
     this.s = options.settings;
@@ -201,7 +204,35 @@ class Charting implements FhirCharting {
       { baseUrl: this.baseUrl, depth: this.outbox.depth(), recovered, subject: this.options.subject ?? this.s.subject ?? 'conditional' },
       'charting to the EPJ started',
     );
+    this.probing = true;
+    void this.probe().finally(() => {
+      this.probing = false;
+      this.schedule(0);
+    });
     this.schedule(0);
+  }
+
+  /** One look at the EPJ at start, so `reachable` means something before the first Bundle. */
+  private async probe(): Promise<void> {
+    // Sending waits for the probe (its Retry-After counts), but never longer than this.
+    let timer: NodeJS.Timeout | undefined;
+    const gate = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), PROBE_GATE_MS)));
+    const result = await Promise.race([this.forwarder.probe(this.abort.signal), gate]);
+    clearTimeout(timer);
+    if (result === null) return;
+    if (!this.started || this.reachable !== null) return; // a delivery already told us more
+    this.reachable = result.reached;
+    if (result.reached) this.lastContact = this.clock();
+    // A throttled probe: the EPJ's Retry-After holds for the first Bundle too.
+    if (result.retryAfterMs !== undefined) this.pausedUntil = Math.max(this.pausedUntil, this.clock() + result.retryAfterMs);
+    if (!result.reached) {
+      this.log.warn({ baseUrl: this.baseUrl, error: result.error }, 'EPJ not reachable at start; readings wait in the outbox');
+    } else if (result.fhirVersion !== undefined && !result.fhirVersion.startsWith('4.0')) {
+      // The resources are R4 (4.0.1); an R4B/R5 server may refuse or misread them.
+      this.log.warn({ baseUrl: this.baseUrl, fhirVersion: result.fhirVersion }, 'the EPJ is not a FHIR R4 server');
+    } else if (result.status !== undefined && result.status >= 400) {
+      this.log.warn({ baseUrl: this.baseUrl, status: result.status }, 'the EPJ answered GET metadata with an error');
+    }
   }
 
   async stop(): Promise<void> {
@@ -313,7 +344,7 @@ class Charting implements FhirCharting {
   }
 
   private dispatch(now: number): void {
-    if (this.stopping || now < this.pausedUntil) return;
+    if (this.stopping || this.probing || now < this.pausedUntil) return;
     // While the EPJ is failing, one Bundle at a time probes it; full concurrency after a success.
     const limit = this.failures > 0 ? 1 : this.s.concurrency;
     while (this.inflight.size < limit) {
