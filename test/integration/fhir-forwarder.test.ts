@@ -3,9 +3,8 @@
  * charted validates and matches the golden JSON, Devices are created once, a poison resource
  * does not block the queue, a whole-Bundle refusal is bisected, 429 Retry-After is honoured.
  *
- * Volumes are small on purpose: the stand-in's conditional create scans every stored
- * Observation (about a millisecond each), so each test uses a fresh stand-in with at most a
- * few hundred resources.
+ * Volumes are small on purpose: the stand-in validates every Observation against its profile
+ * (a few ms each, one request at a time), and the default run must stay short on 2 cores.
  */
 import { Writable } from 'node:stream';
 import type { Bundle, Device, Observation as FhirObservation, OperationOutcome, Patient } from '@medplum/fhirtypes';
