@@ -87,7 +87,8 @@ export class MqttBrokerDriver implements Driver {
   private boundPort: number | null = null;
   private readonly sockets = new Set<Socket>();
   private readonly inFlight = new Set<Promise<unknown>>();
-  private readonly connected = new Set<string>();
+  /** Connections per device id: a device that reconnects takes over before the old one is gone. */
+  private readonly connected = new Map<string, number>();
   private readonly devices: ReadonlyMap<string, MqttDeviceCredential>;
   private readonly decode: DecodeOptions;
   private readonly counters: Record<string, number> = {
@@ -182,10 +183,13 @@ export class MqttBrokerDriver implements Driver {
     const broker = await Aedes.createBroker(opts);
     this.broker = broker;
     broker.on('clientReady', (client) => {
-      this.connected.add(client.id);
+      this.connected.set(client.id, (this.connected.get(client.id) ?? 0) + 1);
     });
     broker.on('clientDisconnect', (client) => {
-      this.connected.delete(client.id);
+      const n = this.connected.get(client.id);
+      if (n === undefined) return;
+      if (n <= 1) this.connected.delete(client.id);
+      else this.connected.set(client.id, n - 1);
     });
     broker.on('clientError', (client, err) => {
       this.ctx.log.debug({ clientId: client.id, err: err.message }, 'mqtt client error');
