@@ -122,6 +122,7 @@ export class Gateway {
             maxPacketBytes: b.maxPacketBytes,
             maxConnections: b.maxConnections,
             connectTimeoutMs: b.connectTimeoutMs,
+            ...(b.tls ? { tls: b.tls } : {}),
           },
           ingest.contextFor(log.child({ driver: 'mqtt-broker' }), config.timezone),
         );

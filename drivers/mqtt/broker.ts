@@ -12,8 +12,10 @@
  *   closes its connection, as MQTT 3.1.1 prescribes for a refused PUBLISH [MQTT-3.3.5-2]. It
  *   may subscribe only to `mdi/v1/devices/<its id>/commands`; any other filter gets SUBACK
  *   0x80 (failure) and the connection stays.
- * - Bounds: at most `maxConnections` sockets, `maxPacketBytes` per packet (`guard.ts`, checked
- *   before aedes buffers anything), `maxPayloadBytes` per message (dead-lettered beyond).
+ * - Bounds: at most `maxConnections` sockets per listener, `maxPacketBytes` per packet
+ *   (`guard.ts`, checked before aedes buffers anything), `maxPayloadBytes` per message
+ *   (dead-lettered beyond).
+ * - Transport: plain TCP on `port`, and TLS ≥ 1.2 on `tls.port` when a certificate is given.
  *
  * Ingest is in-process, in aedes' `authorizePublish` hook: aedes runs it before it writes the
  * PUBACK (lib/handlers/publish.js: authorizePublish → enqueuePublish → PUBACK), so a QoS 1
@@ -22,7 +24,9 @@
  * connection without PUBACK: the device redelivers after it reconnects. Backpressure comes
  * free: aedes reads a client's next chunk only once every packet of the previous chunk is done.
  */
+import { readFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
+import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
 import { Aedes, type AedesOptions, type AuthenticateError, type Client } from 'aedes';
 import { DriverState, messageDigest, type Driver, type DriverContext, type DriverStatus, type IngestBatch, type MessageIdentity } from '../../src/driver.js';
 import { ErrorCode, GatewayError } from '../../src/errors.js';
@@ -53,6 +57,19 @@ export interface MqttBrokerOptions {
   readonly maxConnections?: number;
   /** A socket that has not sent CONNECT by then is closed (ms). */
   readonly connectTimeoutMs?: number;
+  /** A second listener with TLS (MQTT over TLS, usually 8883), when a certificate is configured. */
+  readonly tls?: MqttBrokerTlsOptions;
+}
+
+/** TLS listener of the embedded broker; files are PEM and read at start. */
+export interface MqttBrokerTlsOptions {
+  /** Port of the TLS listener (0: any free port). */
+  readonly port: number;
+  /** The broker's certificate (chain) and private key. */
+  readonly cert: string;
+  readonly key: string;
+  /** CA bundle to send along with the certificate chain, when the devices need it. */
+  readonly ca?: string;
 }
 
 /** Status of the embedded broker. */
@@ -60,6 +77,8 @@ export interface MqttBrokerStatus extends DriverStatus {
   readonly host: string;
   /** The bound port (the real one when configured as 0), or null while stopped. */
   readonly port: number | null;
+  /** The bound TLS port, or null without TLS. */
+  readonly tlsPort: number | null;
   readonly devicesConfigured: number;
   readonly devicesConnected: number;
   readonly lastErrorMessage: string | null;
@@ -84,7 +103,9 @@ export class MqttBrokerDriver implements Driver {
   private lastLogged = new Map<string, number>();
   private broker: Aedes | null = null;
   private server: Server | null = null;
+  private tlsServer: TlsServer | null = null;
   private boundPort: number | null = null;
+  private boundTlsPort: number | null = null;
   private readonly sockets = new Set<Socket>();
   private readonly inFlight = new Set<Promise<unknown>>();
   /** Connections per device id: a device that reconnects takes over before the old one is gone. */
@@ -113,6 +134,11 @@ export class MqttBrokerDriver implements Driver {
   ) {
     this.devices = new Map(options.devices.map((d) => [d.deviceId, d]));
     this.decode = decodeOptions(ctx.timezone, options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES);
+  }
+
+  /** The bound TLS port, or null when no TLS listener is configured. */
+  tlsPort(): number | null {
+    return this.boundTlsPort;
   }
 
   /** The bound port; throws before start. */
@@ -153,6 +179,7 @@ export class MqttBrokerDriver implements Driver {
       counters: { ...this.counters },
       host: this.options.host,
       port: this.boundPort,
+      tlsPort: this.boundTlsPort,
       devicesConfigured: this.devices.size,
       devicesConnected: this.connected.size,
       lastErrorMessage: this.lastErrorMessage,
@@ -199,7 +226,7 @@ export class MqttBrokerDriver implements Driver {
     });
 
     const maxPacket = this.options.maxPacketBytes ?? Math.max(this.decode.maxPayloadBytes * 4, 64 * 1024);
-    const server = createServer((socket) => {
+    const accept = (socket: Socket) => {
       this.counters.connections!++;
       this.sockets.add(socket);
       socket.once('close', () => this.sockets.delete(socket));
@@ -208,28 +235,53 @@ export class MqttBrokerDriver implements Driver {
         this.warn(`large|${socket.remoteAddress}`, ErrorCode.MQTT_PAYLOAD_TOO_LARGE, `a packet from ${socket.remoteAddress ?? '?'} announced more than ${maxPacket} bytes; connection closed`);
       });
       broker.handle(stream);
-    });
+    };
+    const server = createServer(accept);
+    this.server = server;
+    this.boundPort = await this.listen(server, this.options.port);
+    const tls = this.options.tls;
+    if (tls) {
+      const tlsServer = createTlsServer(
+        {
+          cert: readFileSync(tls.cert),
+          key: readFileSync(tls.key),
+          ...(tls.ca ? { ca: readFileSync(tls.ca) } : {}),
+          // TLS 1.0/1.1 are deprecated (RFC 8996).
+          minVersion: 'TLSv1.2',
+          // A device that never finishes the handshake must not hold a socket forever.
+          handshakeTimeout: this.options.connectTimeoutMs ?? 10_000,
+        },
+        accept,
+      );
+      tlsServer.on('tlsClientError', (err) => this.ctx.log.debug({ err: err.message }, 'mqtt tls handshake failed'));
+      this.tlsServer = tlsServer;
+      this.boundTlsPort = await this.listen(tlsServer, tls.port);
+    }
+    this.setState(DriverState.UP);
+    this.ctx.log.info({ host: this.options.host, port: this.boundPort, tlsPort: this.boundTlsPort, devices: this.devices.size }, 'mqtt broker listening');
+  }
+
+  /** Listens on `port` of the configured host; resolves with the bound port. */
+  private async listen(server: Server, port: number): Promise<number> {
     server.maxConnections = this.options.maxConnections ?? 10_000;
     server.on('drop', () => this.counters.refusedConnections!++);
-    this.server = server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(this.options.port, this.options.host, () => {
+      server.listen(port, this.options.host, () => {
         server.off('error', reject);
         resolve();
       });
     });
     server.on('error', (err) => this.warn('server', ErrorCode.MQTT_CONNECT_FAILED, `listener error: ${err.message}`));
     const address = server.address();
-    this.boundPort = typeof address === 'object' && address ? address.port : this.options.port;
-    this.setState(DriverState.UP);
-    this.ctx.log.info({ host: this.options.host, port: this.boundPort, devices: this.devices.size }, 'mqtt broker listening');
+    return typeof address === 'object' && address ? address.port : port;
   }
 
   private async doStop(): Promise<void> {
-    const server = this.server;
+    const servers = [this.server, this.tlsServer].filter((x): x is Server => x !== null);
     this.server = null;
-    const closed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
+    this.tlsServer = null;
+    const closed = Promise.all(servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
     // Commits in flight finish (and their PUBACKs go out) before the clients are closed.
     await Promise.allSettled([...this.inFlight]);
     const broker = this.broker;
@@ -240,6 +292,7 @@ export class MqttBrokerDriver implements Driver {
     await closed;
     this.connected.clear();
     this.boundPort = null;
+    this.boundTlsPort = null;
     if (this.state !== DriverState.STOPPED) this.ctx.log.info('mqtt broker stopped');
     this.setState(DriverState.STOPPED);
   }

@@ -142,6 +142,15 @@ export const MqttConfig = z.strictObject({
       maxConnections: z.number().int().min(1).max(1_000_000).default(10_000),
       /** A socket that has not sent CONNECT by then is closed (ms). */
       connectTimeoutMs: z.number().int().min(100).max(120_000).default(10_000),
+      /** A second listener with TLS when a certificate is configured (PEM files). */
+      tls: z
+        .strictObject({
+          port: port.default(8883),
+          cert: z.string().min(1),
+          key: z.string().min(1),
+          ca: z.string().min(1).optional(),
+        })
+        .optional(),
       /** Devices allowed to connect (until the device registry holds them). */
       devices: z
         .array(MqttDeviceCredentialConfig)

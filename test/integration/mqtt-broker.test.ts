@@ -5,6 +5,9 @@
  * without secrets.
  */
 import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { connect as tcpConnect } from 'node:net';
 import { Writable } from 'node:stream';
 import { promisify } from 'node:util';
@@ -256,5 +259,46 @@ describe('embedded broker', () => {
     expect(logged.length).toBeGreaterThan(0);
     expect(logged).toContain('MDI_ERR_MQTT_AUTH_FAILED');
     for (const secret of [...Object.values(PASSWORDS), 'Wr0ngPassw0rd', 'N0peN0pe']) expect(logged).not.toContain(secret);
+  });
+});
+
+describe('embedded broker over TLS', () => {
+  it('takes readings on the TLS port with a verified certificate; a client that does not trust it cannot connect', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mdi-mqtt-tls-'));
+    const cert = join(dir, 'cert.pem');
+    const key = join(dir, 'key.pem');
+    await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1']);
+    const ctx = new RecordingContext();
+    const driver = new MqttBrokerDriver(
+      { port: 0, host: '127.0.0.1', devices: [{ deviceId: 'mon-1', passwordHash: hashes['mon-1']! }], tls: { port: 0, cert, key } },
+      ctx,
+    );
+    await driver.start();
+    try {
+      const tlsPort = driver.tlsPort()!;
+      expect(driver.status().tlsPort).toBe(tlsPort);
+      const c = await mqtt.connectAsync(`mqtts://127.0.0.1:${tlsPort}`, {
+        clientId: 'mon-1',
+        username: 'mon-1',
+        password: PASSWORDS['mon-1'],
+        protocolVersion: 4,
+        reconnectPeriod: 0,
+        ca: readFileSync(cert),
+      });
+      await c.publishAsync(readingsTopic('mon-1'), body(95), { qos: 1 });
+      await c.endAsync();
+      expect(ctx.readings()).toBe(1);
+      // Without the CA the certificate does not verify: no connection, nothing stored.
+      const refused = await mqtt
+        .connectAsync(`mqtts://127.0.0.1:${tlsPort}`, { clientId: 'mon-1', username: 'mon-1', password: PASSWORDS['mon-1'], protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 3000 })
+        .then((x) => x.endAsync().then(() => 'connected'), (err: Error) => err.message);
+      expect(refused).toMatch(/self[- ]signed|certificate/i);
+      // mosquitto_pub over TLS, as a third-party device.
+      await run('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(tlsPort), '--cafile', cert, '-V', 'mqttv311', '-q', '1', '-i', 'mon-1', '-u', 'mon-1', '-P', PASSWORDS['mon-1'], '-t', readingsTopic('mon-1'), '-m', body(94)]);
+      expect(ctx.readings()).toBe(2);
+    } finally {
+      await driver.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
