@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createApi, type Api } from './api/server.js';
 import type { Config } from './config/schema.js';
@@ -8,6 +9,7 @@ import { loadMappings } from './mappings.js';
 import { Ingest } from './pipeline/ingest.js';
 import { Normalizer } from './pipeline/normalize.js';
 import { createFhirForwarder, type FhirCharting } from './sinks/fhir/index.js';
+import { MqttRepublisher } from './sinks/mqtt-republish.js';
 import { SqliteStore } from './store/sqlite.js';
 
 /** Bound addresses once started (ports are the real ones when the config said 0). */
@@ -43,6 +45,7 @@ export class Gateway {
   private addresses: GatewayAddresses | null = null;
   private charting: FhirCharting | null = null;
   private epj: { url: string; close(): Promise<void> } | null = null;
+  private republisher: MqttRepublisher | null = null;
 
   constructor(
     private readonly config: Readonly<Config>,
@@ -139,6 +142,28 @@ export class Gateway {
         await driver.start();
       }
 
+      // Republish: a sink that tails the store; a broker that is down delays it, never the ingest.
+      const republish = config.mqtt.republish;
+      if (republish.enabled && republish.url !== undefined) {
+        const { auth, tls } = republish;
+        const password = auth?.passwordFile !== undefined ? readFileSync(auth.passwordFile, 'utf8').replace(/\r?\n$/, '') : auth?.password;
+        this.republisher = new MqttRepublisher(
+          {
+            url: republish.url,
+            clientId: republish.clientId,
+            topicRoot: republish.topicRoot,
+            retain: republish.retain,
+            intervalMs: republish.intervalMs,
+            beds: republish.beds,
+            ...(auth ? { auth: { username: auth.username, ...(password !== undefined ? { password } : {}) } } : {}),
+            ...(tls ? { tls } : {}),
+          },
+          store,
+          log.child({ sink: 'mqtt-republish' }),
+        );
+        this.republisher.start();
+      }
+
       if (config.store.sqlite.retentionDays > 0) {
         const prune = () => {
           const removed = store.prune(Date.now() - config.store.sqlite.retentionDays * DAY_MS);
@@ -167,6 +192,8 @@ export class Gateway {
       await withTimeout(driver.stop(), 10_000, `driver ${driver.name}`, this.log);
     }
     this.drivers = [];
+    if (this.republisher) await withTimeout(this.republisher.stop(), 5_000, 'mqtt republish', this.log);
+    this.republisher = null;
     if (this.api) await withTimeout(this.api.close(), 5_000, 'http api', this.log);
     this.api = null;
     if (this.charting) await withTimeout(this.charting.stop(), 10_000, 'charting', this.log);

@@ -165,6 +165,33 @@ export const MqttConfig = z.strictObject({
         }),
     })
     .prefault({}),
+  /**
+   * Republish normalized Observations to `<topicRoot>/<bed>/<metric>` on a broker (retained
+   * latest value, no patient identity) for dashboards and other consumers.
+   */
+  republish: z
+    .strictObject({
+      enabled: z.boolean().default(false),
+      /** The broker to publish to; required when enabled. */
+      url: z.string().regex(/^(mqtts?|wss?):\/\/[^\s]+$/, 'must be an mqtt://, mqtts://, ws:// or wss:// URL').optional(),
+      clientId: z.string().min(1).max(128).default('mdi-gateway-republish'),
+      topicRoot: z.string().regex(/^[^+#\s]{1,128}$/, 'no +, # or spaces').default('mdi/v1/beds'),
+      retain: z.boolean().default(true),
+      /** Time between store reads (ms): the delay a dashboard sees at most, beyond the commit. */
+      intervalMs: z.number().int().min(50).max(60_000).default(500),
+      /** Device id → bed id, until the device registry binds devices to beds. */
+      beds: z.record(mqttDeviceId, z.string().min(1).max(128)).default({}),
+      auth: z
+        .strictObject({ username: z.string().min(1).max(256), password: z.string().max(1024).optional(), passwordFile: z.string().min(1).optional() })
+        .optional(),
+      tls: z
+        .strictObject({ ca: z.string().min(1).optional(), cert: z.string().min(1).optional(), key: z.string().min(1).optional(), rejectUnauthorized: z.boolean().default(true) })
+        .optional(),
+    })
+    .superRefine((r, ctx) => {
+      if (r.enabled && r.url === undefined) ctx.addIssue({ code: 'custom', path: ['url'], message: 'is required when republish is enabled' });
+    })
+    .prefault({}),
   /** External brokers to subscribe to (client mode); each entry is one connection. */
   subscribe: z
     .array(MqttSubscriptionConfig)

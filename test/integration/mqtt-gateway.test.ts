@@ -81,4 +81,41 @@ describe('MQTT through the gateway', () => {
     const values = store.queryObservations({ device: 'bed-9', limit: 100, order: 'asc' }).map((r) => r.observation.value);
     expect(values).toEqual([90, 91, 92, 93, 94, 95, 96, 97, 98, 99]);
   });
+
+  it('republish: the latest value per bed and metric is retained on a broker, without patient identity', async () => {
+    broker = await startMosquitto();
+    const passwordHash = await hashSecret('pw', { N: 1024, r: 8, p: 1 });
+    const gw = await startTestGateway({
+      mqtt: {
+        broker: { enabled: true, port: 0, host: '127.0.0.1', devices: [{ deviceId: 'mon-7', passwordHash }] },
+        republish: { enabled: true, url: broker.url, intervalMs: 50, beds: { 'mon-7': 'icu7-bed3' } },
+      },
+    });
+    gateways.push(gw);
+    const c = await mqtt.connectAsync(`mqtt://127.0.0.1:${gw.addresses.mqtt!.port}`, { clientId: 'mon-7', username: 'mon-7', password: 'pw', protocolVersion: 4, reconnectPeriod: 0 });
+    try {
+      const t = Date.UTC(2026, 10, 21, 9);
+      await c.publishAsync(readingsTopic('mon-7'), JSON.stringify({ ts: t, readings: [{ code: '150456', value: 97, unit: '%' }, { code: '150456', value: 95, unit: '%', ts: t + 1000 }] }), { qos: 1 });
+      await c.publishAsync(readingsTopic('mon-7'), JSON.stringify({ ts: t - 60_000, readings: [{ code: '150456', value: 80, unit: '%' }] }), { qos: 1 });
+    } finally {
+      await c.endAsync();
+    }
+    const store = gw.gateway.storeForTests();
+    await waitFor(() => store.cursor('mqtt-republish') >= 3, 5000, 'the republisher to pass the three readings');
+    // A late subscriber gets the retained latest value at once (mosquitto_sub as a dashboard).
+    const { stdout } = await run('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(broker.port), '-t', 'mdi/v1/beds/#', '-C', '1', '-v', '-W', '5']);
+    const [topic, ...rest] = stdout.trim().split(' ');
+    expect(topic).toBe('mdi/v1/beds/icu7-bed3/MDC_PULS_OXIM_SAT_O2');
+    const payload = JSON.parse(rest.join(' ')) as Record<string, unknown>;
+    expect(payload).toEqual({
+      ts: '2026-11-21T10:00:01+01:00',
+      value: 95,
+      unit: '%',
+      metric: 'MDC_PULS_OXIM_SAT_O2',
+      mdc: 150456,
+      loinc: '59408-5',
+      device: 'mon-7',
+      quality: [],
+    });
+  });
 });
