@@ -196,8 +196,12 @@ export class MqttBrokerDriver implements Driver {
       // Our topics have five levels; nothing legitimate needs more.
       maxTopicLevels: 16,
       authenticate: (client, username, password, done) => void this.authenticate(client, username, password, done),
-      authorizePublish: (client, packet, done) =>
-        this.onPublish(client, packet.topic, typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload, done),
+      authorizePublish: (client, packet, done) => {
+        // The gateway consumes readings; a retained copy per device would only hold memory
+        // (up to maxPacketBytes each) that nobody may read.
+        packet.retain = false;
+        this.onPublish(client, packet.topic, typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload, done);
+      },
       authorizeSubscribe: (client, sub, done) => {
         if (sub.topic === commandsTopic(client.id)) return done(null, sub);
         this.counters.notAuthorized!++;
