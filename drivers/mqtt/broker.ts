@@ -3,7 +3,9 @@
  *
  * Security:
  * - Authentication: the client id must be a configured device id, with that device's user
- *   name and a password that matches its scrypt hash (`auth.ts`). Wrong or unknown
+ *   name and a password that matches its scrypt hash (`auth.ts`) — or, on the TLS listener
+ *   with `tls.clientCa`, a client certificate that verifies against that CA and whose subject
+ *   CN is the device id. Wrong or unknown
  *   credentials get CONNACK 5 "not authorized" (the same code for an unknown id and a wrong
  *   password, and the same scrypt time, so device ids cannot be enumerated); absent ones get
  *   CONNACK 4 "bad user name or password". The log names the client id and the reason, never
@@ -26,7 +28,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
-import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
+import { createServer as createTlsServer, TLSSocket, type Server as TlsServer } from 'node:tls';
 import { Aedes, type AedesOptions, type AuthenticateError, type Client } from 'aedes';
 import { DriverState, messageDigest, type Driver, type DriverContext, type DriverStatus, type IngestBatch, type MessageIdentity } from '../../src/driver.js';
 import { ErrorCode, GatewayError } from '../../src/errors.js';
@@ -70,6 +72,13 @@ export interface MqttBrokerTlsOptions {
   readonly key: string;
   /** CA bundle to send along with the certificate chain, when the devices need it. */
   readonly ca?: string;
+  /**
+   * CA that signs device certificates. With it, a device may authenticate by a client
+   * certificate instead of a password: the certificate must verify against this CA and its
+   * subject CN must be the device id (= the client id). Devices without a certificate still
+   * connect with their password.
+   */
+  readonly clientCa?: string;
 }
 
 /** Status of the embedded broker. */
@@ -107,6 +116,8 @@ export class MqttBrokerDriver implements Driver {
   private boundPort: number | null = null;
   private boundTlsPort: number | null = null;
   private readonly sockets = new Set<Socket>();
+  /** Per connection: the CN of a client certificate that verified against `tls.clientCa`. */
+  private readonly certIdentity = new WeakMap<object, string>();
   private readonly inFlight = new Set<Promise<unknown>>();
   /** Connections per device id: a device that reconnects takes over before the old one is gone. */
   private readonly connected = new Map<string, number>();
@@ -238,6 +249,10 @@ export class MqttBrokerDriver implements Driver {
         this.counters.tooLarge!++;
         this.warn(`large|${socket.remoteAddress}`, ErrorCode.MQTT_PAYLOAD_TOO_LARGE, `a packet from ${socket.remoteAddress ?? '?'} announced more than ${maxPacket} bytes; connection closed`);
       });
+      if (socket instanceof TLSSocket && socket.authorized) {
+        const cn = socket.getPeerCertificate().subject?.CN;
+        if (typeof cn === 'string' && cn !== '') this.certIdentity.set(stream, cn);
+      }
       broker.handle(stream);
     };
     const server = createServer(accept);
@@ -249,7 +264,10 @@ export class MqttBrokerDriver implements Driver {
         {
           cert: readFileSync(tls.cert),
           key: readFileSync(tls.key),
-          ...(tls.ca ? { ca: readFileSync(tls.ca) } : {}),
+          ...(tls.ca || tls.clientCa ? { ca: [...(tls.ca ? [readFileSync(tls.ca)] : []), ...(tls.clientCa ? [readFileSync(tls.clientCa)] : [])] } : {}),
+          // Ask for a client certificate, but let devices without one in (they use a password):
+          // whether a certificate counts is decided by `socket.authorized` in accept().
+          ...(tls.clientCa ? { requestCert: true, rejectUnauthorized: false } : {}),
           // TLS 1.0/1.1 are deprecated (RFC 8996).
           minVersion: 'TLSv1.2',
           // A device that never finishes the handshake must not hold a socket forever.
@@ -308,6 +326,9 @@ export class MqttBrokerDriver implements Driver {
     done: (error: AuthenticateError | null, success: boolean | null) => void,
   ): Promise<void> {
     const id = client.id;
+    // A client certificate that verified against tls.clientCa and names this device.
+    const certCn = this.certIdentity.get(client.conn);
+    if (certCn !== undefined && certCn === id && this.devices.has(id)) return done(null, true);
     if (username === undefined || password === undefined || username === '' || password.length === 0) {
       this.counters.authFailures!++;
       this.warn(`auth|${id}`, ErrorCode.MQTT_AUTH_FAILED, `client ${safeId(id)} refused: no user name or password (CONNACK 4)`);

@@ -149,6 +149,8 @@ export const MqttConfig = z.strictObject({
           cert: z.string().min(1),
           key: z.string().min(1),
           ca: z.string().min(1).optional(),
+          /** CA of device certificates: a device may then authenticate by certificate (subject CN = device id). */
+          clientCa: z.string().min(1).optional(),
         })
         .optional(),
       /** Devices allowed to connect (until the device registry holds them). */

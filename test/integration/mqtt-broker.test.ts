@@ -301,4 +301,51 @@ describe('embedded broker over TLS', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('authenticates a device by a client certificate from the device CA (CN = device id), and only that way', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mdi-mqtt-mtls-'));
+    const f = (name: string) => join(dir, name);
+    const ssl = (args: string[]) => run('openssl', args);
+    await ssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('server-key.pem'), '-out', f('server.pem'), '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1']);
+    await ssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('ca-key.pem'), '-out', f('ca.pem'), '-days', '1', '-subj', '/CN=device-ca']);
+    await ssl(['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('mon1-key.pem'), '-out', f('mon1.csr'), '-subj', '/CN=mon-1']);
+    await ssl(['x509', '-req', '-in', f('mon1.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca-key.pem'), '-CAcreateserial', '-out', f('mon1.pem'), '-days', '1']);
+    // The same CN, but not signed by the device CA.
+    await ssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', f('rogue-key.pem'), '-out', f('rogue.pem'), '-days', '1', '-subj', '/CN=mon-1']);
+    const ctx = new RecordingContext();
+    const driver = new MqttBrokerDriver(
+      {
+        port: 0,
+        host: '127.0.0.1',
+        devices: [
+          { deviceId: 'mon-1', passwordHash: hashes['mon-1']! },
+          { deviceId: 'mon-2', passwordHash: hashes['mon-2']! },
+        ],
+        tls: { port: 0, cert: f('server.pem'), key: f('server-key.pem'), clientCa: f('ca.pem') },
+      },
+      ctx,
+    );
+    await driver.start();
+    const url = `mqtts://127.0.0.1:${driver.tlsPort()!}`;
+    const base = { protocolVersion: 4 as const, reconnectPeriod: 0, ca: readFileSync(f('server.pem')), connectTimeout: 3000 };
+    const attempt = (clientId: string, cert: string | null) =>
+      mqtt
+        .connectAsync(url, { ...base, clientId, ...(cert ? { cert: readFileSync(f(`${cert}.pem`)), key: readFileSync(f(`${cert}-key.pem`)) } : {}) })
+        .then(async (c) => {
+          await c.publishAsync(readingsTopic(clientId), body(93), { qos: 1 });
+          await c.endAsync();
+          return 'ok';
+        }, (err: { code?: number }) => err.code ?? -1);
+    try {
+      expect(await attempt('mon-1', 'mon1')).toBe('ok');
+      expect(ctx.readings()).toBe(1);
+      expect(await attempt('mon-1', 'rogue')).toBe(4); // not from the device CA: falls back to password, none given
+      expect(await attempt('mon-2', 'mon1')).toBe(4); // mon-1's certificate does not make anyone mon-2
+      expect(await attempt('mon-1', null)).toBe(4);
+      expect(ctx.readings()).toBe(1);
+    } finally {
+      await driver.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
