@@ -51,7 +51,8 @@ ${CONFIG_HELP}`,
     help: `Usage: mdi check-config [--config FILE]
 
 Validates the configuration (file, then MDI_* environment) exactly as 'mdi start' would and
-prints the effective settings as JSON. Exit code 2 and the offending key when it is invalid.
+prints the effective settings as JSON, with secrets (tokens, client secrets, password hashes)
+shown as "[set]". Exit code 2 and the offending key when it is invalid.
 
 Options:
   -c, --config FILE   YAML configuration
@@ -62,7 +63,11 @@ ${CONFIG_HELP}`,
     allowPositionals: false,
     async run(values) {
       const config = loadConfig({ file: values.config as string | undefined });
-      process.stdout.write(`${JSON.stringify(config, null, 2)}\n`);
+      // Secrets (bearer tokens, client secrets, password hashes) are shown as set, not as values.
+      const masked = JSON.stringify(config, (key, value: unknown) =>
+        /token$|secret|password/i.test(key) && typeof value === 'string' && !/File$/.test(key) ? '[set]' : value,
+      2);
+      process.stdout.write(`${masked}\n`);
       return 0;
     },
   },

@@ -52,10 +52,14 @@ describe('mdi command line', () => {
     expect(result.stderr).toContain('MDI_ERR_CONFIG_INVALID');
   });
 
-  it('check-config prints the effective configuration', () => {
-    const result = mdi(['check-config']);
+  it('check-config prints the effective configuration, secrets masked', () => {
+    const file = join(dir, 'secret.yaml');
+    writeFileSync(file, 'fhir:\n  baseUrl: https://epj.example/fhir\n  auth: { type: bearer, token: s3cr3t-t0ken }\n');
+    const result = mdi(['check-config', '--config', file]);
     expect(result.code).toBe(0);
     expect(JSON.parse(result.stdout)).toMatchObject({ mllp: { port: 2575 }, http: { port: 8080 }, dataDir: './data' });
+    expect(result.stdout).not.toContain('s3cr3t-t0ken');
+    expect(result.stdout).toContain('"token": "[set]"');
   });
 
   it('inspect prints a table, and JSON lines with the API fields, from files and stdin', () => {
