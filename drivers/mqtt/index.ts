@@ -9,7 +9,7 @@ import { MqttBrokerDriver, type MqttBrokerOptions } from './broker.js';
 import { MqttSubscriberDriver, type MqttSubscriberOptions } from './client.js';
 import { hashSecret } from './auth.js';
 
-export { MqttBrokerDriver, type MqttBrokerOptions, type MqttBrokerStatus, type MqttDeviceCredential } from './broker.js';
+export { MqttBrokerDriver, type MqttBrokerOptions, type MqttBrokerStatus, type MqttBrokerTlsOptions, type MqttDeviceCredential } from './broker.js';
 export { MqttSubscriberDriver, mqttSubscriberName, redactUrl, subscriptionFilters, type MqttSubscriberOptions, type MqttSubscriberStatus, type MqttTlsOptions } from './client.js';
 export { hashSecret, isSecretHash, verifySecret, SCRYPT_DEFAULTS } from './auth.js';
 export {
