@@ -73,7 +73,7 @@ export class Gateway {
         store,
         log,
         ready: () => this.ready,
-        drivers: () => this.drivers.map((d) => d.status()),
+        drivers: () => [...this.drivers.map((d) => d.status()), ...(this.republisher ? [this.republisher.status()] : [])],
         counters: () => ingest.counters(),
         charting,
       });

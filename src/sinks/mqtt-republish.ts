@@ -20,6 +20,8 @@
 import { readFileSync } from 'node:fs';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { formatIsoTime } from '../codec/hl7-time.js';
+import type { DriverStatus } from '../driver.js';
+import { ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { qualityNames } from '../model/measurement.js';
 import type { Observation } from '../model/observation.js';
@@ -83,6 +85,9 @@ export class MqttRepublisher {
   private running: Promise<void> | null = null;
   private stopped = true;
   private readonly backoff = new Backoff(DEFAULT_BACKOFF);
+  private lastError: string | null = null;
+  private wasConnected = false;
+  private since = Date.now();
   private readonly counters = { published: 0, coalesced: 0, older: 0, noBed: 0, failures: 0 };
   /** Time of the value last published per topic: a late, older reading must not replace a newer retained one. */
   private readonly lastTime = new Map<string, number>();
@@ -110,7 +115,10 @@ export class MqttRepublisher {
       rejectUnauthorized: o.tls?.rejectUnauthorized ?? true,
     };
     const client = mqtt.connect(o.url, clientOptions);
-    client.on('error', (err) => this.log.warn({ err: err.message }, 'mqtt republish: broker error'));
+    client.on('error', (err) => {
+      this.lastError = ErrorCode.MQTT_CONNECT_FAILED;
+      this.log.warn({ code: ErrorCode.MQTT_CONNECT_FAILED, err: err.message }, 'mqtt republish: broker error');
+    });
     client.on('connect', () => this.backoff.reset());
     client.on('close', () => {
       if (this.stopped || this.reconnectTimer) return;
@@ -135,9 +143,22 @@ export class MqttRepublisher {
     if (client) await client.endAsync(true).catch(() => undefined);
   }
 
-  /** Counters for the status API. */
-  status(): { connected: boolean; cursor: number; counters: Readonly<Record<string, number>> } {
-    return { connected: this.client?.connected ?? false, cursor: this.store.cursor(REPUBLISH_CURSOR), counters: { ...this.counters } };
+  /** State and counters, shaped like a driver's status so `/api/status` lists it beside them. */
+  status(): DriverStatus & { readonly cursor: number } {
+    const connected = this.client?.connected ?? false;
+    if (connected !== this.wasConnected) {
+      this.wasConnected = connected;
+      this.since = Date.now();
+    }
+    return {
+      name: 'mqtt-republish',
+      kind: 'mqtt-republish',
+      state: this.stopped ? 'stopped' : connected ? 'up' : 'down',
+      lastError: this.lastError,
+      since: this.since,
+      counters: { ...this.counters },
+      cursor: this.store.cursor(REPUBLISH_CURSOR),
+    };
   }
 
   private schedule(): void {
@@ -189,6 +210,7 @@ export class MqttRepublisher {
       this.store.setCursor(REPUBLISH_CURSOR, rows[rows.length - 1]!.id);
     } catch (err) {
       this.counters.failures++;
+      this.lastError = ErrorCode.MQTT_DISCONNECTED;
       this.log.warn({ err: (err as Error).message }, 'mqtt republish: publish failed; retrying from the same position');
     }
   }

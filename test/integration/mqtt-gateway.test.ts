@@ -104,6 +104,8 @@ describe('MQTT through the gateway', () => {
     await waitFor(() => store.cursor('mqtt-republish') >= 3, 5000, 'the republisher to pass the three readings');
     // A late subscriber gets the retained latest value at once (mosquitto_sub as a dashboard).
     const { stdout } = await run('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(broker.port), '-t', 'mdi/v1/beds/#', '-C', '1', '-v', '-W', '5']);
+    const status = await getJson<{ drivers: { name: string; state: string; counters: Record<string, number> }[] }>(`${gw.httpUrl}/api/status`);
+    expect(status.body.drivers.find((d) => d.name === 'mqtt-republish')).toMatchObject({ state: 'up', counters: { failures: 0 } });
     const [topic, ...rest] = stdout.trim().split(' ');
     expect(topic).toBe('mdi/v1/beds/icu7-bed3/MDC_PULS_OXIM_SAT_O2');
     const payload = JSON.parse(rest.join(' ')) as Record<string, unknown>;
