@@ -420,6 +420,8 @@ export interface Hl7ParseOptions {
 const STANDARD_BYTES: readonly number[] = [0x7c, 0x5e, 0x7e, 0x5c, 0x26, -1];
 
 const SEG_CONTINUED = 1;
+// indexTo(ALL_SEGMENTS) indexes the whole message.
+const ALL_SEGMENTS = 0x3fffffff;
 const NO_WARNINGS: readonly Hl7Problem[] = Object.freeze([]);
 
 // Bound on how many warnings one message collects (each kind is reported once anyway).
@@ -432,6 +434,8 @@ const MAX_WARNINGS = 16;
  * does not start like a segment (three letters/digits and the field separator) continues the
  * previous segment (a capture that wrapped a long segment), and its line break is removed from
  * the field it falls in. The message ends at the buffer end or at an MLLP end byte (0x1C).
+ * Segments are indexed as they are first asked for (each byte is searched once); asking for
+ * `segmentCount`, `segments()` or `warnings` indexes the whole message.
  */
 export class Hl7Message {
   /** The bytes the message was read from (not copied: do not reuse the buffer while reading). */
@@ -458,9 +462,17 @@ export class Hl7Message {
   readonly ts: number;
 
   // Segment i spans [segs[2i], segs[2i+1]); indexes of segments joined from several lines.
+  // Segments are indexed on demand: idxStart is where the next one starts, idxCr/idxLf cache the
+  // next CR/LF found (each byte is searched once, however the index grows).
   private readonly segs: number[] = [];
+  private idxStart: number;
+  private idxCr = -1;
+  private idxLf = -1;
   private continuedSegments: Set<number> | null = null;
-  private charset: Charset = ASCII_CHARSET;
+  // Resolved from MSH-18 on first need (decoding 8-bit text, `encoding`, `charsetName`,
+  // `warnings`), or adopted from a caller that already knows MSH-18 (`adoptCharsetName`).
+  private charset: Charset | null = null;
+  private defaultCharset: string | undefined;
   private dataView: DataView | null = null;
   private declaredCharset = '';
   private headerSegment: Hl7Segment | null = null;
@@ -476,6 +488,7 @@ export class Hl7Message {
     this.es = delimiters[3]!;
     this.ss = delimiters[4]!;
     this.ts = delimiters[5]!;
+    this.idxStart = fatal === null ? start : end;
   }
 
   /**
@@ -547,29 +560,31 @@ export class Hl7Message {
         ),
       );
     }
-    msg.indexSegments(p, end);
-    msg.resolveCharset(options?.defaultCharset);
+    msg.defaultCharset = options?.defaultCharset;
     return msg;
   }
 
-  private indexSegments(p: number, end: number): void {
+  // Indexes the segment that starts at idxStart (one line, or several when a capture wrapped
+  // it) and moves idxStart to the segment after it. False when the message has no more.
+  private indexNext(): boolean {
     const b = this.bytes;
     const fs = this.fs;
-    let nextCr = b.indexOf(CR, p);
-    let nextLf = b.indexOf(LF, p);
-    if (nextCr < 0 || nextCr > end) nextCr = end;
-    if (nextLf < 0 || nextLf > end) nextLf = end;
-    let segStart = p;
+    const end = this.end;
+    let segStart = this.idxStart;
+    let pos = segStart;
     let flags = 0;
-    let pos = p;
     while (segStart < end) {
+      let nextCr = this.idxCr;
+      let nextLf = this.idxLf;
       if (nextCr < pos) {
         nextCr = b.indexOf(CR, pos);
         if (nextCr < 0 || nextCr > end) nextCr = end;
+        this.idxCr = nextCr;
       }
       if (nextLf < pos) {
         nextLf = b.indexOf(LF, pos);
         if (nextLf < 0 || nextLf > end) nextLf = end;
+        this.idxLf = nextLf;
       }
       const lineEnd = nextCr < nextLf ? nextCr : nextLf;
       // Fast path: one CR, then the next segment (HL7 v2.6 2.5.1 as MLLP senders write it).
@@ -589,59 +604,116 @@ export class Hl7Message {
         const n = this.segs.length;
         this.segs[n] = segStart;
         this.segs[n + 1] = lineEnd;
-        segStart = next;
-        pos = next;
-        continue;
+        this.idxStart = next;
+        return true;
       }
-      // Skip the terminator and any blank or whitespace-only lines after it.
-      let q = lineEnd;
-      let w = q;
-      for (;;) {
-        while (q < end && (b[q] === CR || b[q] === LF)) q++;
-        w = q;
-        while (w < end && (b[w] === SPACE || b[w] === TAB)) w++;
-        if (w < end && b[w] !== CR && b[w] !== LF) break;
-        q = w;
-        if (q >= end) break;
-      }
-      // A new segment: three letters/digits, then the field separator or the end of the line.
-      const startsSegment =
-        w >= end ||
-        (w + 3 <= end &&
-          isAlnum(b[w]!) &&
-          isAlnum(b[w + 1]!) &&
-          isAlnum(b[w + 2]!) &&
-          (w + 3 === end || b[w + 3] === fs || b[w + 3] === CR || b[w + 3] === LF));
-      if (!startsSegment) {
+      const w = this.nextLineStart(lineEnd);
+      if (w < 0) {
         // HL7 v2.6 2.5.1 forbids line breaks inside a segment; captures wrap anyway.
         flags |= SEG_CONTINUED;
-        pos = q;
+        pos = lineEnd + 1;
         continue;
       }
       let segEnd = lineEnd;
       while (segEnd > segStart && (b[segEnd - 1] === SPACE || b[segEnd - 1] === TAB)) segEnd--;
+      this.idxStart = w;
       if (segEnd > segStart) {
         const n = this.segs.length;
         this.segs[n] = segStart;
         this.segs[n + 1] = segEnd;
-        if (flags & SEG_CONTINUED) (this.continuedSegments ??= new Set()).add(n / 2);
-        if (flags & SEG_CONTINUED && this.warnings.length < MAX_WARNINGS) {
-          const name = latin1(b, segStart, Math.min(segStart + 3, segEnd));
-          this.warn(
-            hl7Problem(
-              ErrorCode.HL7_BAD_SEGMENT,
-              '100',
-              name === 'MSH' ? 'MSH' : `${name}[${this.occurrence(n / 2)}]`,
-              `${name} segment is broken over more than one line; the lines were joined`,
-              'W',
-            ),
-          );
+        if (flags & SEG_CONTINUED) {
+          (this.continuedSegments ??= new Set()).add(n / 2);
+          if ((this.warningList?.length ?? 0) < MAX_WARNINGS) {
+            const name = latin1(b, segStart, Math.min(segStart + 3, segEnd));
+            this.warn(
+              hl7Problem(
+                ErrorCode.HL7_BAD_SEGMENT,
+                '100',
+                name === 'MSH' ? 'MSH' : `${name}[${this.occurrence(n / 2)}]`,
+                `${name} segment is broken over more than one line; the lines were joined`,
+                'W',
+              ),
+            );
+          }
         }
+        return true;
       }
       flags = 0;
       segStart = w;
       pos = w;
     }
+    this.idxStart = end;
+    return false;
+  }
+
+  // After the line ending at lineEnd: the start of the next segment (blank and whitespace-only
+  // lines skipped; `end` when there is none), or -1 when the next line continues this segment.
+  private nextLineStart(lineEnd: number): number {
+    const b = this.bytes;
+    const end = this.end;
+    let q = lineEnd;
+    let w = q;
+    for (;;) {
+      while (q < end && (b[q] === CR || b[q] === LF)) q++;
+      w = q;
+      while (w < end && (b[w] === SPACE || b[w] === TAB)) w++;
+      if (w < end && b[w] !== CR && b[w] !== LF) break;
+      q = w;
+      if (q >= end) return end;
+    }
+    // A new segment: three letters/digits, then the field separator or the end of the line.
+    const fs = this.fs;
+    const startsSegment =
+      w + 3 <= end &&
+      ALNUM[b[w]!] === 1 &&
+      ALNUM[b[w + 1]!] === 1 &&
+      ALNUM[b[w + 2]!] === 1 &&
+      (w + 3 === end || b[w + 3] === fs || b[w + 3] === CR || b[w + 3] === LF);
+    return startsSegment ? w : -1;
+  }
+
+  private indexTo(index: number): void {
+    while (this.segs.length <= 2 * index + 1 && this.idxStart < this.end && this.indexNext());
+  }
+
+  /** Number of segments indexed so far (segments are found as they are asked for). */
+  get indexedSegmentCount(): number {
+    return this.segs.length >> 1;
+  }
+
+  /**
+   * For streaming readers: where the next segment not yet indexed starts, or -1 when every
+   * segment is indexed.
+   */
+  get nextSegmentStart(): number {
+    return this.idxStart < this.end ? this.idxStart : -1;
+  }
+
+  /** For streaming readers: indexes the next segment; false when there is none. */
+  indexNextSegment(): boolean {
+    return this.idxStart < this.end && this.indexNext();
+  }
+
+  /**
+   * For streaming readers that know where a segment ends without searching (a row matched
+   * against a template): indexes `[start, end)` as the next segment when `start` is
+   * `nextSegmentStart` and `end` is a line end after which a new segment (or the message end)
+   * follows. The caller promises that `[start, end)` holds no CR or LF. Returns false, indexing
+   * nothing, when the segment does not end there (the caller then uses `indexNextSegment`).
+   */
+  tryIndexSegment(start: number, end: number): boolean {
+    const b = this.bytes;
+    if (start !== this.idxStart || end <= start || end > this.end) return false;
+    if (end < this.end && b[end] !== CR && b[end] !== LF) return false;
+    const last = b[end - 1];
+    if (last === SPACE || last === TAB) return false;
+    const w = this.nextLineStart(end);
+    if (w < 0) return false;
+    const n = this.segs.length;
+    this.segs[n] = start;
+    this.segs[n + 1] = end;
+    this.idxStart = w;
+    return true;
   }
 
   private occurrence(index: number): number {
@@ -650,16 +722,29 @@ export class Hl7Message {
     return n;
   }
 
-  private resolveCharset(defaultCharset: string | undefined): void {
+  private resolvedCharset(): Charset {
+    if (this.charset !== null) return this.charset;
     const msh = this.header;
-    if (msh === null) return;
-    const declared = msh.locate(18, 0, 0, 1) ? charsetText(this.bytes, msh.leafStart, msh.leafEnd) : '';
+    const declared = msh !== null && msh.locate(18, 0, 0, 1) ? charsetText(this.bytes, msh.leafStart, msh.leafEnd) : '';
+    return this.useCharsetName(declared);
+  }
+
+  /**
+   * Sets the message's character set from its MSH-18 text `declared` (first repetition, as
+   * `charsetName` would return it) without scanning MSH again: for a caller that has MSH-18 from
+   * a cache keyed by the MSH bytes. No effect once the charset is known.
+   */
+  adoptCharsetName(declared: string): void {
+    if (this.charset === null) this.useCharsetName(declared);
+  }
+
+  private useCharsetName(declared: string): Charset {
     this.declaredCharset = declared;
-    const name = declared === '' && defaultCharset !== undefined ? defaultCharset : declared;
+    const name = declared === '' && this.defaultCharset !== undefined ? this.defaultCharset : declared;
     const cs = charsetFor(name);
     if (cs !== null) {
       this.charset = cs;
-      return;
+      return cs;
     }
     this.charset = ASCII_CHARSET;
     this.warn(
@@ -671,15 +756,18 @@ export class Hl7Message {
         'W',
       ),
     );
+    return ASCII_CHARSET;
   }
 
   /** Things that were odd but readable: unknown/mismatched charset, wrapped segments (bounded). */
   get warnings(): readonly Hl7Problem[] {
+    this.indexTo(ALL_SEGMENTS);
+    if (this.charset === null && this.fatal === null) this.resolvedCharset();
     return this.warningList ?? NO_WARNINGS;
   }
 
-  /** @internal Adds a warning once per code+location. */
-  warn(p: Hl7Problem): void {
+  // Adds a warning once per code+location.
+  private warn(p: Hl7Problem): void {
     const list = (this.warningList ??= []);
     if (list.length >= MAX_WARNINGS) return;
     for (const w of list) if (w.code === p.code && w.location === p.location) return;
@@ -698,11 +786,13 @@ export class Hl7Message {
 
   /** MSH-18 as sent (first repetition), `''` when empty. */
   get charsetName(): string {
+    if (this.charset === null && this.fatal === null) this.resolvedCharset();
     return this.declaredCharset;
   }
 
   /** Number of segments (0 when `fatal`). */
   get segmentCount(): number {
+    this.indexTo(ALL_SEGMENTS);
     return this.segs.length >> 1;
   }
 
@@ -733,32 +823,36 @@ export class Hl7Message {
    * UTF-8 when valid, else Latin-1 (and a warning is added).
    */
   get encoding(): string {
-    return this.charset.label;
+    return this.fatal === null ? this.resolvedCharset().label : ASCII_CHARSET.label;
   }
 
   /** The MSH segment, or `null` when `fatal`. */
   get header(): Hl7Segment | null {
-    if (this.headerSegment === null && this.segs.length > 0) this.headerSegment = this.segment(0);
+    if (this.headerSegment === null && this.fatal === null) this.headerSegment = this.segment(0);
     return this.headerSegment;
   }
 
   /** Offset of segment `index` in `bytes` (-1 when out of range). */
   segmentStart(index: number): number {
+    if (2 * index >= this.segs.length) this.indexTo(index);
     return this.segs[2 * index] ?? -1;
   }
 
   /** Offset just past segment `index` (its terminator excluded; -1 when out of range). */
   segmentEnd(index: number): number {
+    if (2 * index + 1 >= this.segs.length) this.indexTo(index);
     return this.segs[2 * index + 1] ?? -1;
   }
 
   /** True when segment `index` was broken over several lines in the input and joined. */
   segmentContinued(index: number): boolean {
+    if (2 * index + 1 >= this.segs.length) this.indexTo(index);
     return this.continuedSegments !== null && this.continuedSegments.has(index);
   }
 
   /** The three-character name of segment `index` (`''` when out of range). */
   segmentName(index: number): string {
+    if (2 * index + 1 >= this.segs.length) this.indexTo(index);
     const s = this.segs[2 * index];
     const e = this.segs[2 * index + 1];
     if (s === undefined || e === undefined) return '';
@@ -767,6 +861,7 @@ export class Hl7Message {
 
   /** True when segment `index` is named `name` (compares bytes; allocates nothing). */
   isSegment(index: number, name: string): boolean {
+    if (2 * index + 1 >= this.segs.length) this.indexTo(index);
     const s = this.segs[2 * index];
     const e = this.segs[2 * index + 1];
     if (s === undefined || e === undefined || e - s < 3) return false;
@@ -779,6 +874,7 @@ export class Hl7Message {
    * allocating one (for hot loops; the old view is gone). `null` when out of range.
    */
   segment(index: number, reuse?: Hl7Segment): Hl7Segment | null {
+    if (2 * index + 1 >= this.segs.length) this.indexTo(index);
     const s = this.segs[2 * index];
     const e = this.segs[2 * index + 1];
     if (s === undefined || e === undefined) return null;
@@ -968,7 +1064,7 @@ export class Hl7Message {
   }
 
   private decodeHigh(view: Buffer, n: number): string {
-    const cs = this.charset;
+    const cs = this.resolvedCharset();
     switch (cs.kind) {
       case CharsetKind.Latin1:
         return latin1(view, 0, n);
@@ -1016,7 +1112,7 @@ export class Hl7Message {
    * Characters the set cannot represent become `?`.
    */
   encode(text: string): Buffer {
-    return encodeText(text, this.charset);
+    return encodeText(text, this.fatal === null ? this.resolvedCharset() : ASCII_CHARSET);
   }
 }
 

@@ -268,52 +268,68 @@ class TemplateCache {
   private readonly values: (RowTemplate | undefined)[] = new Array<RowTemplate | undefined>(TEMPLATE_WAYS << TEMPLATE_SET_BITS).fill(undefined);
   private readonly recent = new Uint8Array(1 << TEMPLATE_SET_BITS);
 
-  /** Looks up the row whose OBX-2 starts at `hs`; on a hit fills `row` and returns true. */
+  /**
+   * Looks up the row whose OBX-2 starts at `hs`. On a hit fills `row` and returns where the row
+   * ends by the template; -1 on a miss. `bound` limits the comparison: the segment end when it
+   * is known, else the message end (the caller then checks the row really ends there). The
+   * parts not compared (OBX-5, OBX-14) are scanned up to a separator or a line break, so a hit
+   * never spans a CR or LF.
+   */
   match(
     bytes: Uint8Array,
     view: DataView,
     at: number,
     hs: number,
-    e0: number,
+    bound: number,
     sig: number,
     fs: number,
     timeStart: number,
     timeLength: number,
     row: RowParts,
-  ): boolean {
+  ): number {
     const set = this.setOf(view, at + hs, sig);
     for (let w = 0; w < TEMPLATE_WAYS; w++) {
       const k = set * TEMPLATE_WAYS + w;
       const lh = this.headLength[k]!;
-      if (lh < 0 || this.sigs[k] !== sig || hs + lh > e0) continue;
+      if (lh < 0 || this.sigs[k] !== sig || hs + lh > bound) continue;
       const base = k * TEMPLATE_WIDTH;
       if (!this.equal(base, bytes, view, at, hs, lh)) continue;
       const vs = hs + lh;
       let ve = vs;
-      while (ve < e0 && bytes[ve] !== fs) ve++;
+      while (ve < bound) {
+        const c = bytes[ve];
+        if (c === fs || c === 0x0d || c === 0x0a) break;
+        ve++;
+      }
       const lt = this.tailLength[k]!;
-      if (ve + lt > e0 || !this.equal(base + lh, bytes, view, at, ve, lt)) continue;
+      if (ve + lt > bound || !this.equal(base + lh, bytes, view, at, ve, lt)) continue;
       const t = this.values[k]!;
-      let ts = e0;
-      let te = e0;
+      let ts = ve + lt;
+      let te = ts;
+      let rowEnd = ts;
       let timeSame = false;
       if (t.hasTime) {
-        ts = ve + lt;
         // Usually the same time as the previous row: try its bytes before scanning.
         te = ts + timeLength;
         timeSame =
           timeStart >= 0 &&
-          te <= e0 &&
-          (te === e0 || bytes[te] === fs) &&
+          te <= bound &&
+          (te === bound || bytes[te] === fs || bytes[te] === 0x0d || bytes[te] === 0x0a) &&
           sameBytes(bytes, view, at, timeStart, ts, timeLength, timeLength);
         if (!timeSame) {
           te = ts;
-          while (te < e0 && bytes[te] !== fs) te++;
+          while (te < bound) {
+            const c = bytes[te];
+            if (c === fs || c === 0x0d || c === 0x0a) break;
+            te++;
+          }
         }
         const lp = this.restLength[k]!;
-        if (te + lp !== e0 || !this.equal(base + lh + lt, bytes, view, at, te, lp)) continue;
-      } else if (ve + lt !== e0) {
-        continue;
+        if (te + lp > bound || !this.equal(base + lh + lt, bytes, view, at, te, lp)) continue;
+        rowEnd = te + lp;
+      } else {
+        // No OBX-14: the time range is empty (at the row end).
+        ts = te = rowEnd;
       }
       this.recent[set] = w;
       row.head = t.head;
@@ -326,9 +342,9 @@ class TemplateCache {
       row.te = te;
       row.timeSame = timeSame;
       row.deviceId = t.deviceId;
-      return true;
+      return rowEnd;
     }
-    return false;
+    return -1;
   }
 
   /** Caches the row read by the slow path (only printable ASCII without the escape byte). */
@@ -451,6 +467,8 @@ interface TrailerPart {
   readonly processingId: string;
   readonly version: string;
   readonly profile: string;
+  /** MSH-18 as `Hl7Message.charsetName` reads it. */
+  readonly charsetName: string;
 }
 
 /** MSH-9 (cached by its bytes). */
@@ -532,9 +550,19 @@ export function decodePcd01Message(msg: Hl7Message, options?: Pcd01Options): Pcd
 
   const d = new MessageDecoder(msg, header, zone, problems);
   const bytes = msg.bytes;
-  const count = msg.segmentCount;
-  for (let i = 1; i < count; i++) {
-    const s0 = msg.segmentStart(i);
+  const fs = msg.fs;
+  // Segments are indexed as the loop reaches them; an OBX that matches a row template is indexed
+  // where the template says it ends, without searching for its line end.
+  for (let i = 1; ; i++) {
+    let s0: number;
+    if (i < msg.indexedSegmentCount) {
+      s0 = msg.segmentStart(i);
+    } else {
+      s0 = msg.nextSegmentStart;
+      if (s0 < 0) break;
+      if (bytes[s0] === 0x4f && bytes[s0 + 1] === 0x42 && bytes[s0 + 2] === 0x58 && bytes[s0 + 3] === fs && d.predictObx(i, s0)) continue;
+      if (!msg.indexNextSegment()) break;
+    }
     const b0 = bytes[s0];
     const b1 = bytes[s0 + 1];
     const b2 = bytes[s0 + 2];
@@ -667,8 +695,27 @@ class MessageDecoder {
     this.location = location;
   }
 
-  /** One OBX row (segment i, bytes [s0, e0)) → a Measurement, a rejected row, or nothing. */
+  /** OBX segment i, bytes [s0, e0) (already indexed). */
   obx(i: number, s0: number, e0: number): void {
+    const row = rowParts;
+    if (this.matchTemplate(s0, e0, row) !== e0) this.scanRow(i, s0, e0, row);
+    this.row(i, row);
+  }
+
+  /**
+   * The OBX starting at s0 that is not indexed yet: when it matches a template and ends where
+   * the template says, it is indexed as segment i and decoded without searching its end.
+   */
+  predictObx(i: number, s0: number): boolean {
+    const row = rowParts;
+    const end = this.matchTemplate(s0, this.msg.end, row);
+    if (end < 0 || !this.msg.tryIndexSegment(s0, end)) return false;
+    this.row(i, row);
+    return true;
+  }
+
+  /** One OBX row, its parts located in `row` → a Measurement, a rejected row, or nothing. */
+  private row(i: number, row: RowParts): void {
     const bytes = this.bytes;
     const obx = ++this.obxCount;
     if (!this.seenObr && obx === 1) {
@@ -676,8 +723,6 @@ class MessageDecoder {
         hl7Problem(ErrorCode.HL7_BAD_SEGMENT, '100', 'OBX[1]', 'OBX before any OBR (ORU_R01 expects OBR first); MSH-7 used as its time', 'W'),
       );
     }
-    const row = rowParts;
-    if (!this.matchTemplate(s0, e0, row)) this.scanRow(i, s0, e0, row);
     const head = row.head!;
     const hs = row.hs;
     const vs = row.vs;
@@ -795,8 +840,10 @@ class MessageDecoder {
         } else if (parseTime(this.msg, ts, t1, this.msg.segmentContinued(i), this.zone)) {
           time = this.lastTimeMs = timeOut.ms;
           tzOffset = this.lastTimeTz = timeOut.tzOffset;
-          this.lastTimeStart = ts;
-          this.lastTimeLength = te - ts;
+          // Remembered for the next rows only when printable (what sameBytes relies on).
+          const keep = printable(bytes, ts, te, -1);
+          this.lastTimeStart = keep ? ts : -1;
+          this.lastTimeLength = keep ? te - ts : 0;
         } else {
           this.problems.push(
             hl7Problem(
@@ -856,17 +903,23 @@ class MessageDecoder {
 
   /**
    * Fast path: the row equals a cached template everywhere except OBX-1, OBX-5 and OBX-14 (what
-   * changes between two messages of a monitor). Fills `row` and returns true on a hit.
+   * changes between two messages of a monitor). Fills `row` and returns where the row ends by
+   * the template, or -1. `bound` is the segment end if known, else the message end.
    */
-  private matchTemplate(s0: number, e0: number, row: RowParts): boolean {
+  private matchTemplate(s0: number, bound: number, row: RowParts): number {
     const bytes = this.bytes;
     const fs = this.fs;
-    if (s0 + 3 >= e0 || bytes[s0 + 3] !== fs) return false;
+    if (s0 + 3 >= bound || bytes[s0 + 3] !== fs) return -1;
     let hs = s0 + 4;
-    while (hs < e0 && bytes[hs] !== fs) hs++;
+    while (hs < bound) {
+      const c = bytes[hs];
+      if (c === fs || c === 0x0d || c === 0x0a) break;
+      hs++;
+    }
+    if (hs >= bound || bytes[hs] !== fs) return -1;
     hs++;
-    if (e0 - hs < TEMPLATE_PROBE) return false;
-    return templates.match(bytes, this.view, this.at, hs, e0, this.sig, fs, this.lastTimeStart, this.lastTimeLength, row);
+    if (bound - hs < TEMPLATE_PROBE) return -1;
+    return templates.match(bytes, this.view, this.at, hs, bound, this.sig, fs, this.lastTimeStart, this.lastTimeLength, row);
   }
 
   /** Slow path: finds the fields of the row (one pass up to OBX-18), reads them, caches a template. */
@@ -1022,12 +1075,17 @@ function readTail(msg: Hl7Message, seg: Hl7Segment): RowTail {
   return { unit: seg.locate(6, 0, 0, 1) && seg.leafEnd > seg.leafStart ? unitOf(seg) : '', flags };
 }
 
-// bytes[a, a + n) equals bytes[b, b + m) (two ranges of one message).
+// bytes[a, a + n) equals bytes[b, b + m) (two ranges of one message). `a` must hold a parsed
+// HL7 time (digits, '.', '+', '-'): then its 8-byte words are never NaN nor ±0 as float64, and
+// === on the words is exact (see TemplateCache.equal).
 function sameBytes(bytes: Uint8Array, view: DataView, at: number, a: number, b: number, n: number, m: number): boolean {
   if (n !== m) return false;
-  let i = 0;
-  for (; i + 4 <= n; i += 4) if (view.getInt32(at + a + i, true) !== view.getInt32(at + b + i, true)) return false;
-  for (; i < n; i++) if (bytes[a + i] !== bytes[b + i]) return false;
+  if (n >= 8) {
+    const lastWord = n - 8;
+    for (let i = 0; i < lastWord; i += 8) if (view.getFloat64(at + a + i, true) !== view.getFloat64(at + b + i, true)) return false;
+    return view.getFloat64(at + a + lastWord, true) === view.getFloat64(at + b + lastWord, true);
+  }
+  for (let i = 0; i < n; i++) if (bytes[a + i] !== bytes[b + i]) return false;
   return true;
 }
 
@@ -1142,11 +1200,14 @@ function readHeader(msg: Hl7Message, msh: Hl7Segment, zone: TimeZoneRule, proble
     const e = msh.byteEnd;
     trailer = trailerCache.get(bytes, view, s, e, sig);
     if (trailer === undefined) {
-      trailer = readTrailer(msh);
+      trailer = readTrailer(msg, msh);
       trailerCache.set(bytes, s, e, sig, esc, trailer);
+    } else {
+      // MSH-18 lies inside the cached bytes: no need to find it again.
+      msg.adoptCharsetName(trailer.charsetName);
     }
   } else {
-    trailer = readTrailer(msh);
+    trailer = readTrailer(msg, msh);
   }
 
   return {
@@ -1186,7 +1247,7 @@ function readSender(msg: Hl7Message, msh: Hl7Segment): SenderPart {
   };
 }
 
-function readTrailer(msh: Hl7Segment): TrailerPart {
+function readTrailer(msg: Hl7Message, msh: Hl7Segment): TrailerPart {
   return {
     rawProcessingId: msh.raw(11),
     rawVersion: msh.raw(12),
@@ -1194,6 +1255,7 @@ function readTrailer(msh: Hl7Segment): TrailerPart {
     processingId: msh.get(11, 1).trim(),
     version: msh.get(12, 1).trim(),
     profile: msh.get(21, 1).trim(),
+    charsetName: msg.charsetName,
   };
 }
 
@@ -1408,76 +1470,93 @@ function describeCode(code: string, refid: string, system: string): string {
  * Placeholders (`Unknown Patient`, ids with spaces) give `null`.
  */
 function readPatient(msg: Hl7Message, seg: Hl7Segment, problems: Hl7Problem[]): PatientId | null {
+  if (!seg.fieldRange(3)) return null;
   const bytes = msg.bytes;
   const cs = msg.cs;
-  const ss = msg.ss;
-  const reps = seg.repetitionCount(3);
+  const rs = msg.rs;
+  const fe = seg.leafEnd;
   let fallback: PatientId | null = null;
-  for (let r = 1; r <= reps; r++) {
-    if (!seg.locate(3, 0, 0, r)) continue;
-    // One pass over the CX: component boundaries (CX-1, CX-4 with its subcomponents, CX-5).
-    const e = seg.leafEnd;
+  // One pass over PID-3: each repetition (CX) split into components 1..5 as it goes.
+  let i = seg.leafStart;
+  while (i <= fe) {
     let c = 1;
-    let start = seg.leafStart;
-    for (let i = start; i <= e && c <= 5; i++) {
-      if (i < e && bytes[i] !== cs) continue;
+    let start = i;
+    for (; i < fe; i++) {
+      const b = bytes[i];
+      if (b === rs) break;
+      if (b === cs && c <= 5) {
+        cx[2 * c] = start;
+        cx[2 * c + 1] = i;
+        c++;
+        start = i + 1;
+      }
+    }
+    if (c <= 5) {
       cx[2 * c] = start;
       cx[2 * c + 1] = i;
       c++;
-      start = i + 1;
     }
-    for (; c <= 5; c++) cx[2 * c] = cx[2 * c + 1] = e;
-    let s1 = cx[2]!;
-    let e1 = cx[3]!;
-    while (s1 < e1 && bytes[s1] === 0x20) s1++;
-    while (e1 > s1 && bytes[e1 - 1] === 0x20) e1--;
-    let blank = s1 === e1;
-    for (let i = s1; i < e1 && !blank; i++) if (bytes[i]! <= 0x20) blank = true;
-    if (blank) continue;
-    // CX-4 (HD): namespace & universal id & type.
-    let h = cx[8]!;
-    const he = cx[9]!;
-    let k = 1;
-    for (let i = h; i <= he && k <= 3; i++) {
-      if (i < he && bytes[i] !== ss) continue;
-      hd[2 * k] = h;
-      hd[2 * k + 1] = i;
-      k++;
-      h = i + 1;
-    }
-    for (; k <= 3; k++) hd[2 * k] = hd[2 * k + 1] = he;
-    const isCpr =
-      trimmedEquals(bytes, cx[10]!, cx[11]!, CPR_TYPE) ||
-      trimmedEquals(bytes, hd[4]!, hd[5]!, CPR_OID) ||
-      trimmedEquals(bytes, hd[2]!, hd[3]!, CPR_OID) ||
-      trimmedEquals(bytes, hd[4]!, hd[5]!, CPR_SYSTEM) ||
-      trimmedEquals(bytes, hd[2]!, hd[3]!, CPR_SYSTEM);
-    // Personal data: decoded without the process-wide string cache.
-    const id = msg.text(s1, e1, false);
-    if (PLACEHOLDER_ID.test(id)) continue;
-    if (isCpr) {
-      const cpr = id.length === 11 && id[6] === '-' ? id.slice(0, 6) + id.slice(7) : id;
-      let digits = cpr.length === 10;
-      for (let i = 0; i < cpr.length && digits; i++) digits = cpr.charCodeAt(i) >= 0x30 && cpr.charCodeAt(i) <= 0x39;
-      if (!digits) {
-        problems.push(
-          hl7Problem(ErrorCode.HL7_BAD_VALUE, Hl7ErrorCondition.DATA_TYPE_ERROR, 'PID-3', 'PID-3 has a CPR-marked identifier that is not 10 digits; kept as sent', 'W'),
-        );
-      }
-      return { system: CPR_SYSTEM, value: cpr };
-    }
-    if (fallback === null) {
-      const ns = msg.text(hd[2]!, hd[3]!).trim();
-      const uid = msg.text(hd[4]!, hd[5]!).trim();
-      const uidType = msg.text(hd[6]!, hd[7]!).trim();
-      let system = ns;
-      if (uid !== '' && (uidType.toUpperCase() === 'ISO' || OID.test(uid))) system = `urn:oid:${uid}`;
-      else if (OID.test(ns)) system = `urn:oid:${ns}`;
-      else if (system === '') system = uid;
-      fallback = { system, value: id };
-    }
+    for (; c <= 5; c++) cx[2 * c] = cx[2 * c + 1] = i;
+    i++;
+    const patient = readCx(msg, bytes, problems);
+    if (patient !== null && patient.system === CPR_SYSTEM) return patient;
+    if (patient !== null && fallback === null) fallback = patient;
   }
   return fallback;
+}
+
+// The CX whose components are in `cx` as a PatientId (system CPR_SYSTEM for a CPR number), or
+// null for an empty or placeholder identifier.
+function readCx(msg: Hl7Message, bytes: Uint8Array, problems: Hl7Problem[]): PatientId | null {
+  let s1 = cx[2]!;
+  let e1 = cx[3]!;
+  while (s1 < e1 && bytes[s1] === 0x20) s1++;
+  while (e1 > s1 && bytes[e1 - 1] === 0x20) e1--;
+  if (s1 === e1) return null;
+  for (let i = s1; i < e1; i++) if (bytes[i]! <= 0x20) return null;
+  // CX-4 (HD): namespace & universal id & type.
+  const ss = msg.ss;
+  const he = cx[9]!;
+  let h = cx[8]!;
+  let k = 1;
+  for (let i = h; i <= he && k <= 3; i++) {
+    if (i < he && bytes[i] !== ss) continue;
+    hd[2 * k] = h;
+    hd[2 * k + 1] = i;
+    k++;
+    h = i + 1;
+  }
+  for (; k <= 3; k++) hd[2 * k] = hd[2 * k + 1] = he;
+  const isCpr =
+    trimmedEquals(bytes, cx[10]!, cx[11]!, CPR_TYPE) ||
+    trimmedEquals(bytes, hd[4]!, hd[5]!, CPR_OID) ||
+    trimmedEquals(bytes, hd[2]!, hd[3]!, CPR_OID) ||
+    trimmedEquals(bytes, hd[4]!, hd[5]!, CPR_SYSTEM) ||
+    trimmedEquals(bytes, hd[2]!, hd[3]!, CPR_SYSTEM);
+  // Personal data: decoded without the process-wide string cache.
+  const id = msg.text(s1, e1, false);
+  // Placeholders never start with 1-9 (most real ids do: skip the regular expression then).
+  const first = id.charCodeAt(0);
+  if ((first < 0x31 || first > 0x39) && PLACEHOLDER_ID.test(id)) return null;
+  if (isCpr) {
+    const cpr = id.length === 11 && id[6] === '-' ? id.slice(0, 6) + id.slice(7) : id;
+    let digits = cpr.length === 10;
+    for (let i = 0; i < cpr.length && digits; i++) digits = cpr.charCodeAt(i) >= 0x30 && cpr.charCodeAt(i) <= 0x39;
+    if (!digits) {
+      problems.push(
+        hl7Problem(ErrorCode.HL7_BAD_VALUE, Hl7ErrorCondition.DATA_TYPE_ERROR, 'PID-3', 'PID-3 has a CPR-marked identifier that is not 10 digits; kept as sent', 'W'),
+      );
+    }
+    return { system: CPR_SYSTEM, value: cpr };
+  }
+  const ns = msg.text(hd[2]!, hd[3]!).trim();
+  const uid = msg.text(hd[4]!, hd[5]!).trim();
+  const uidType = msg.text(hd[6]!, hd[7]!).trim();
+  let system = ns;
+  if (uid !== '' && (uidType.toUpperCase() === 'ISO' || OID.test(uid))) system = `urn:oid:${uid}`;
+  else if (OID.test(ns)) system = `urn:oid:${ns}`;
+  else if (system === '') system = uid;
+  return { system, value: id };
 }
 
 // Scratch for readPatient: [start, end) of CX components 1..5 and HD subcomponents 1..3.

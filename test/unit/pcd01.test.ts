@@ -614,6 +614,35 @@ describe('decodePcd01: caches never change results', () => {
     ]);
   });
 
+  it('finds row ends by template exactly where a full scan finds them (line ends, wraps, spaces, extra fields)', () => {
+    const rows = [
+      obx({ 2: 'NM', 3: '147842^MDC_ECG_HEART_RATE^MDC', 4: '1.2.1.1', 5: '80', 6: '264864^MDC_DIM_BEAT_PER_MIN^MDC', 11: 'R', 14: '20261121101455+0100' }, 1),
+      obx({ 2: 'NM', 3: '150456^MDC_PULS_OXIM_SAT_O2^MDC', 4: '1.3.1.1', 5: '97', 6: '262688^MDC_DIM_PERCENT^MDC', 11: 'R' }, 2),
+      obx({ 2: 'NM', 3: '150021^MDC_PRESS_BLD_NONINV_SYS^MDC', 4: '1.1.1.5', 5: '120', 6: '266016^MDC_DIM_MMHG^MDC', 11: 'R', 14: '20261121101455+0100', 18: 'NIBP-1' }, 3),
+    ];
+    const variants: string[][] = [
+      rows,
+      // A capture wrapped the first row inside its unit, and the third inside its time.
+      [rows[0]!.replace('MDC_DIM_BEAT', 'MDC_DIM\nBEAT'), rows[1]!, rows[2]!.replace('101455+', '10\n1455+')],
+      // Trailing spaces, extra fields after OBX-18, a value longer than before.
+      [`${rows[0]!}  `, `${rows[1]!}|||||||||||extra`, rows[2]!.replace('|120|', '|120.25|')],
+      // The value wrapped onto the next line.
+      [rows[0]!, rows[1]!.replace('|97|', '|9\n7|'), rows[2]!],
+    ];
+    for (const eol of ['\r', '\n', '\r\n']) {
+      for (const [v, variant] of variants.entries()) {
+        const text = [MSH, OBR, ...variant].join(eol);
+        const bytes = Buffer.from(eol === '\r' ? text : `${text}${eol}`);
+        clearPcd01Caches();
+        const cold = decodePcd01(bytes);
+        decodePcd01(Buffer.from([MSH, OBR, ...rows].join('\r')));
+        const warm = decodePcd01(bytes);
+        expect(warm, `variant ${v} ${JSON.stringify(eol)}`).toEqual(cold);
+        expect(cold.measurements.map((m) => m.value), `variant ${v}`).toEqual([80, 97, v === 2 ? 120.25 : 120]);
+      }
+    }
+  });
+
   it('reads many rows with more than 18 fields and long rows', () => {
     const extra = '|x'.repeat(30);
     const r = row(obx({ 2: 'NM', 3: '1^A^MDC', 4: '1.1.1.1', 5: '5', 6: '%', 14: '20261121101455+0100', 18: 'DEV' }) + extra);
