@@ -293,7 +293,9 @@ export class MqttSubscriberDriver implements Driver {
     } catch (err) {
       if (this.client !== client) return;
       this.noteError(new GatewayError(ErrorCode.MQTT_SUBSCRIBE_FAILED, (err as Error).message), ErrorCode.MQTT_SUBSCRIBE_FAILED);
-      // Without the subscription this connection is useless: drop it and retry with backoff.
+      // Without the subscription this connection is useless: drop it and retry with backoff
+      // (keeping the subscribe failure, not "disconnected", as the last error).
+      this.dropped = true;
       client.end(true);
       return;
     }

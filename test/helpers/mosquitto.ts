@@ -55,6 +55,8 @@ export interface TestMosquitto {
 export interface MosquittoOptions {
   /** Keep sessions and queued messages across restarts (default true). */
   readonly persistence?: boolean;
+  /** Let clients in without credentials (default true); false refuses every client. */
+  readonly anonymous?: boolean;
   /** Extra lines for mosquitto.conf. */
   readonly extra?: readonly string[];
 }
@@ -68,7 +70,7 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Te
     conf,
     [
       `listener ${port} 127.0.0.1`,
-      'allow_anonymous true',
+      `allow_anonymous ${options.anonymous === false ? 'false' : 'true'}`,
       `persistence ${options.persistence === false ? 'false' : 'true'}`,
       `persistence_location ${dir}/`,
       'max_queued_messages 100000',

@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import mqtt, { type MqttClient } from 'mqtt';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MqttSubscriberDriver, type MqttSubscriberOptions } from '../../drivers/mqtt/client.js';
+import { MqttSubscriberDriver, redactUrl, type MqttSubscriberOptions } from '../../drivers/mqtt/client.js';
 import { readingsTopic } from '../../drivers/mqtt/payload.js';
 import { DriverState } from '../../src/driver.js';
 import { ErrorCode, GatewayError } from '../../src/errors.js';
@@ -118,6 +118,21 @@ describe('mqtt client mode: delivery', () => {
     expect(ctx.batches[0]!.message).toMatchObject({ sender: 'mqtt:dev-9', controlId: 'only-one' });
     expect(driver.status().counters.storeErrors).toBe(1);
     expect(driver.status().lastError).toBe(ErrorCode.STORE_FAILED);
+  });
+
+  it('a broker that refuses the credentials: down, MDI_ERR_MQTT_AUTH_FAILED, retried with backoff, the password never in the status', async () => {
+    broker = await startMosquitto({ anonymous: false });
+    const ctx = new RecordingContext();
+    const driver = subscriber(broker.url, ctx, { auth: { username: 'gw', password: 'Sup3rSecretPw' } });
+    cleanup.push(() => driver.stop());
+    await driver.start();
+    await waitFor(() => driver.status().counters.connectFailures! >= 2, 5000, 'two refused attempts');
+    const status = driver.status();
+    expect(status.state).toBe(DriverState.DOWN);
+    expect(status.lastError).toBe(ErrorCode.MQTT_AUTH_FAILED);
+    expect(JSON.stringify(status)).not.toContain('Sup3rSecretPw');
+    // Credentials written into a URL never reach the status or the logs either.
+    expect(redactUrl('mqtt://gw:Sup3rSecretPw@broker.example:1883')).toBe('mqtt://broker.example:1883');
   });
 
   it('a malformed payload and a foreign topic become dead letters; the connection stays up', async () => {
