@@ -9,6 +9,7 @@ import { loadMappings } from './mappings.js';
 import { Ingest } from './pipeline/ingest.js';
 import { Normalizer } from './pipeline/normalize.js';
 import { createFhirForwarder, type FhirCharting } from './sinks/fhir/index.js';
+import type { InfluxFeeder } from './sinks/influx/index.js';
 import { MqttRepublisher } from './sinks/mqtt-republish.js';
 import { SqliteStore } from './store/sqlite.js';
 
@@ -46,6 +47,7 @@ export class Gateway {
   private charting: FhirCharting | null = null;
   private epj: { url: string; close(): Promise<void> } | null = null;
   private republisher: MqttRepublisher | null = null;
+  private influx: InfluxFeeder | null = null;
 
   constructor(
     private readonly config: Readonly<Config>,
@@ -68,7 +70,15 @@ export class Gateway {
     this.ingest = ingest;
 
     try {
+      // InfluxDB: a sink that tails the store; InfluxDB down delays it, never the ingest.
+      if (config.store.influx !== undefined) {
+        // Loaded only when configured: most sites run on the SQLite store alone.
+        const { createInfluxFeeder } = await import('./sinks/influx/index.js');
+        this.influx = await createInfluxFeeder({ settings: config.store.influx, store, log });
+        this.influx.start();
+      }
       const charting = await this.startCharting(store);
+      const influx = this.influx;
       this.api = createApi({
         store,
         log,
@@ -76,6 +86,7 @@ export class Gateway {
         drivers: () => [...this.drivers.map((d) => d.status()), ...(this.republisher ? [this.republisher.status()] : [])],
         counters: () => ingest.counters(),
         charting,
+        influx: influx === null ? null : () => influx.status(),
       });
       await this.api.listen({ port: config.http.port, host: config.http.host });
       const httpAddress = this.api.server.address();
@@ -198,6 +209,9 @@ export class Gateway {
     this.api = null;
     if (this.charting) await withTimeout(this.charting.stop(), 10_000, 'charting', this.log);
     this.charting = null;
+    // Before the store closes: a write in flight ends within store.influx.timeoutMs.
+    if (this.influx) await withTimeout(this.influx.stop(), (this.config.store.influx?.timeoutMs ?? 10_000) + 1_000, 'influx', this.log);
+    this.influx = null;
     if (this.store) await this.store.close();
     this.store = null;
     if (this.epj) await withTimeout(this.epj.close(), 5_000, 'EPJ stand-in', this.log);

@@ -4,6 +4,7 @@ import { formatIsoTime } from '../codec/hl7-time.js';
 import type { DriverStatus } from '../driver.js';
 import type { Logger } from '../log.js';
 import type { FhirCharting } from '../sinks/fhir/index.js';
+import type { InfluxFeederStatus } from '../sinks/influx/feeder.js';
 import { outboxRoutes } from '../sinks/fhir/routes.js';
 import type { Store } from '../store/store.js';
 import { observationItem } from './observation-item.js';
@@ -17,6 +18,8 @@ export interface ApiDeps {
   readonly counters: () => Record<string, number>;
   /** Charting into the EPJ (`/api/outbox…`); null or absent when charting is off. */
   readonly charting?: FhirCharting | null;
+  /** The InfluxDB feeder's status (`/api/status` → `influx`); null or absent when `store.influx` is not set. */
+  readonly influx?: (() => InfluxFeederStatus) | null;
 }
 
 /** A time given as ISO-8601 (with or without offset) or epoch milliseconds. */
@@ -76,6 +79,7 @@ export function createApi(deps: ApiDeps) {
     drivers: deps.drivers(),
     counters: deps.counters(),
     store: deps.store.counts(),
+    ...(deps.influx ? { influx: deps.influx() } : {}),
   }));
 
   app.get('/api/observations', async (req, reply) => {

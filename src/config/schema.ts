@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { FhirSettings } from '../sinks/fhir/config.js';
+import { InfluxSettings } from '../sinks/influx/config.js';
 
 /**
  * The configuration schema: the reference for every setting, its default, unit and bounds.
@@ -66,6 +67,11 @@ export const StoreConfig = z.strictObject({
       retentionDays: z.number().min(0).default(0),
     })
     .prefault({}),
+  /**
+   * Keep the series in an InfluxDB 1.x as well (`src/sinks/influx/config.ts`): fed from the
+   * SQLite store with its own cursor. Absent: SQLite only.
+   */
+  influx: InfluxSettings.optional(),
 });
 
 /** A device id as it may stand in an MQTT topic level (drivers/mqtt/payload.ts DEVICE_ID_PATTERN). */

@@ -142,6 +142,7 @@ export class SqliteStore implements Store {
       countObservations: db.prepare('SELECT count(*) FROM observations').pluck(),
       countDeadLetters: db.prepare('SELECT count(*) FROM dead_letters').pluck(),
       observationsAfter: db.prepare('SELECT * FROM observations WHERE id > ? ORDER BY id LIMIT ?'),
+      lastObservationId: db.prepare('SELECT max(id) FROM observations').pluck(),
       getCursor: db.prepare('SELECT position FROM cursors WHERE name = ?').pluck(),
       setCursor: db.prepare(
         'INSERT INTO cursors (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position',
@@ -296,6 +297,14 @@ export class SqliteStore implements Store {
   /** Observations with id > `afterId`, in id (commit) order: a feeder's next batch. */
   observationsAfter(afterId: number, limit: number): StoredObservation[] {
     return (this.statements.observationsAfter.all(afterId, limit) as ObservationRow[]).map(toStoredObservation);
+  }
+
+  /**
+   * The id of the newest stored observation, 0 when there is none: a feeder's lag (rows behind)
+   * is this minus its cursor, because ids are assigned in commit order without gaps.
+   */
+  lastObservationId(): number {
+    return (this.statements.lastObservationId.get() as number | null) ?? 0;
   }
 
   /** A feeder's position (the last observation id it has finished with); 0 when new. */

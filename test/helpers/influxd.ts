@@ -1,0 +1,152 @@
+/**
+ * A real InfluxDB 1.x (`influxd`, Debian package `influxdb`, installed by `.ci/run`) for tests:
+ * started on free ports (HTTP and the RPC/backup `bind-address`) with its own generated config
+ * and temp meta/data/wal folders, never the system service. `stop()` then `start()` restarts it
+ * on the same port and folders, like an operator restarting the server. When influxd is not
+ * installed, `INFLUXD_AVAILABLE` is false and the suites skip with a note.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort } from './mosquitto.js';
+
+export const INFLUXD = process.env.MDI_INFLUXD ?? '/usr/bin/influxd';
+/** Whether a real influxd can run here; suites use `describe.skipIf(!INFLUXD_AVAILABLE)`. */
+export const INFLUXD_AVAILABLE = existsSync(INFLUXD);
+/** The note a skipped suite prints. */
+export const INFLUXD_SKIP_NOTE = `influxd not found at ${INFLUXD} (apt-get install -y influxdb, or set MDI_INFLUXD): InfluxDB tests skipped`;
+
+export interface TestInfluxd {
+  readonly port: number;
+  /** `http://127.0.0.1:<port>` */
+  readonly url: string;
+  /** Starts (again) on the same ports and folders; resolves once /ping answers 204. */
+  start(): Promise<void>;
+  /** SIGTERM, and waits for the exit (SIGKILL after 10 s). */
+  stop(): Promise<void>;
+  /** SIGKILL, and waits for the exit: a crash of the server. */
+  kill(): Promise<void>;
+  /** Stops and removes the temp folder. */
+  close(): Promise<void>;
+  /** Runs an InfluxQL statement over HTTP and returns the parsed JSON answer. */
+  query(q: string, db?: string): Promise<InfluxQueryResult>;
+  /** Whether the process is running. */
+  running(): boolean;
+}
+
+/** The JSON of `GET /query` (epoch=ms). */
+export interface InfluxQueryResult {
+  results: Array<{
+    statement_id: number;
+    error?: string;
+    series?: Array<{ name: string; tags?: Record<string, string>; columns: string[]; values: unknown[][] }>;
+  }>;
+}
+
+/** Starts an influxd on free ports on 127.0.0.1 with reporting and the internal monitor off. */
+export async function startInfluxd(): Promise<TestInfluxd> {
+  const dir = mkdtempSync(join(tmpdir(), 'mdi-influxd-'));
+  const port = await freePort();
+  const rpcPort = await freePort();
+  for (const sub of ['meta', 'data', 'wal']) mkdirSync(join(dir, sub));
+  const conf = join(dir, 'influxdb.conf');
+  writeFileSync(
+    conf,
+    [
+      'reporting-disabled = true',
+      // The RPC service (backup/restore) binds 8088 by default: two test servers would collide.
+      `bind-address = "127.0.0.1:${rpcPort}"`,
+      '[meta]',
+      `  dir = "${join(dir, 'meta')}"`,
+      '[data]',
+      `  dir = "${join(dir, 'data')}"`,
+      `  wal-dir = "${join(dir, 'wal')}"`,
+      '  query-log-enabled = false',
+      '[monitor]',
+      '  store-enabled = false',
+      '[continuous_queries]',
+      '  enabled = false',
+      '[subscriber]',
+      '  enabled = false',
+      '[http]',
+      '  enabled = true',
+      `  bind-address = "127.0.0.1:${port}"`,
+      '  log-enabled = false',
+      '[logging]',
+      '  level = "error"',
+      '',
+    ].join('\n'),
+  );
+  const url = `http://127.0.0.1:${port}`;
+  let child: ChildProcess | null = null;
+  let exitedEarly: string | null = null;
+
+  const ping = async (): Promise<boolean> => {
+    try {
+      const res = await fetch(`${url}/ping`, { signal: AbortSignal.timeout(1000) });
+      return res.status === 204;
+    } catch {
+      return false;
+    }
+  };
+
+  const start = async () => {
+    if (child) return;
+    exitedEarly = null;
+    const proc = spawn(INFLUXD, ['run', '-config', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    proc.stderr?.on('data', (chunk: Buffer) => {
+      // Only the tail matters for a start failure; bounded so a chatty server cannot grow it.
+      stderr = (stderr + chunk.toString()).slice(-4000);
+    });
+    child = proc;
+    proc.once('exit', (code, signal) => {
+      if (child === proc) {
+        child = null;
+        exitedEarly = `influxd exited (${code ?? signal}): ${stderr}`;
+      }
+    });
+    const deadline = Date.now() + 20_000;
+    while (!(await ping())) {
+      if (exitedEarly) throw new Error(exitedEarly);
+      if (Date.now() > deadline) throw new Error(`influxd did not answer /ping on ${port} within 20 s: ${stderr}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+
+  const halt = async (signal: NodeJS.Signals) => {
+    const proc = child;
+    if (!proc) return;
+    child = null;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => proc.kill('SIGKILL'), 10_000);
+      proc.once('exit', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      proc.kill(signal);
+    });
+  };
+
+  await start();
+  return {
+    port,
+    url,
+    start,
+    stop: () => halt('SIGTERM'),
+    kill: () => halt('SIGKILL'),
+    close: async () => {
+      await halt('SIGTERM');
+      rmSync(dir, { recursive: true, force: true });
+    },
+    query: async (q, db) => {
+      const params = new URLSearchParams({ q, epoch: 'ms' });
+      if (db !== undefined) params.set('db', db);
+      const res = await fetch(`${url}/query?${params}`, { method: 'POST' });
+      if (!res.ok) throw new Error(`influx query failed: ${res.status} ${await res.text()}`);
+      return (await res.json()) as InfluxQueryResult;
+    },
+    running: () => child !== null,
+  };
+}
