@@ -143,6 +143,16 @@ describe('embedded broker', () => {
     expect(ok.connected).toBe(true);
   });
 
+  it('a device that reconnects with the password it proved before skips scrypt; any other password does not', async () => {
+    const c1 = await connectAs('mon-1', 'mon-1', PASSWORDS['mon-1']);
+    await c1.endAsync();
+    const checks = driver.status().counters.scryptChecks!;
+    for (let i = 0; i < 3; i++) await (await connectAs('mon-1', 'mon-1', PASSWORDS['mon-1'])).endAsync();
+    expect(driver.status().counters.scryptChecks).toBe(checks);
+    expect(await refusal('mon-1', 'mon-1', 'An0therPassw0rd')).toBe(5);
+    expect(driver.status().counters.scryptChecks).toBe(checks + 1);
+  });
+
   it('cannot publish as another device: the connection is closed and nothing is stored', async () => {
     const c = await connectAs('mon-1', 'mon-1', PASSWORDS['mon-1']);
     const before = ctx.batches.length;
@@ -258,7 +268,7 @@ describe('embedded broker', () => {
   it('never logs a password', () => {
     expect(logged.length).toBeGreaterThan(0);
     expect(logged).toContain('MDI_ERR_MQTT_AUTH_FAILED');
-    for (const secret of [...Object.values(PASSWORDS), 'Wr0ngPassw0rd', 'N0peN0pe']) expect(logged).not.toContain(secret);
+    for (const secret of [...Object.values(PASSWORDS), 'Wr0ngPassw0rd', 'N0peN0pe', 'An0therPassw0rd']) expect(logged).not.toContain(secret);
   });
 });
 
