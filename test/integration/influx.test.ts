@@ -1,0 +1,224 @@
+/**
+ * The InfluxDB feeder against a real influxd 1.x (Debian package `influxdb`; `.ci/run` installs
+ * it), started per test on free ports with its own folders (test/helpers/influxd.ts).
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { parseConfig } from '../../src/config/load.js';
+import { silentLogger } from '../../src/log.js';
+import type { Observation } from '../../src/model/observation.js';
+import { createInfluxFeeder, INFLUX_CURSOR, type InfluxFeeder, type InfluxFeederStatus } from '../../src/sinks/influx/index.js';
+import { SqliteStore } from '../../src/store/sqlite.js';
+import { getJson, startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import { INFLUXD_AVAILABLE, INFLUXD_SKIP_NOTE, startInfluxd, type InfluxQueryResult, type TestInfluxd } from '../helpers/influxd.js';
+import { MllpTestClient } from '../helpers/mllp-client.js';
+import { pcd01Message } from '../helpers/pcd01-message.js';
+
+const CPR = '0101901234';
+const T0 = Date.UTC(2026, 10, 21, 9, 0, 0, 0);
+
+if (!INFLUXD_AVAILABLE) console.warn(INFLUXD_SKIP_NOTE);
+
+function reading(i: number, overrides: Partial<Observation> = {}): Observation {
+  return {
+    time: T0 + i * 1000 + 7, // distinct, with milliseconds that must survive
+    tzOffset: 60,
+    deviceId: `mon-${i % 3}`,
+    code: 147842,
+    system: 'MDC',
+    vendorCode: '147842',
+    metric: 'MDC_ECG_HEART_RATE',
+    value: i + 1, // 1..N: the sum proves each reading is there once
+    text: null,
+    unit: '/min',
+    loinc: '8867-4',
+    flags: i % 4,
+    containment: '1.1.1.1',
+    patient: { system: 'urn:oid:1.2.208.176.1.2', value: CPR },
+    location: 'ICU7/3/1',
+    ...overrides,
+  };
+}
+
+/** Rows of the first series of the first statement as objects (column → value). */
+function rows(result: InfluxQueryResult): Record<string, unknown>[] {
+  const r = result.results[0]!;
+  if (r.error) throw new Error(r.error);
+  return (r.series ?? []).flatMap((s) => s.values.map((v) => ({ ...s.tags, ...Object.fromEntries(s.columns.map((c, i) => [c, v[i]])) })));
+}
+
+async function until(what: string, check: () => boolean | Promise<boolean>, ms = 15_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+describe.skipIf(!INFLUXD_AVAILABLE)('InfluxDB feeder (real influxd 1.x)', () => {
+  let influxd: TestInfluxd;
+  let dir: string;
+  let store: SqliteStore;
+  let feeder: InfluxFeeder | null = null;
+  let gateway: TestGateway | null = null;
+
+  beforeEach(async () => {
+    influxd = await startInfluxd();
+    dir = mkdtempSync(join(tmpdir(), 'mdi-influx-'));
+    store = new SqliteStore({ file: join(dir, 'mdi.sqlite'), synchronous: 'normal' });
+  });
+
+  afterEach(async () => {
+    await feeder?.stop();
+    feeder = null;
+    await gateway?.stop();
+    gateway = null;
+    await store.close();
+    await influxd.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function startFeeder(database = 'mdi'): Promise<InfluxFeeder> {
+    const config = parseConfig({
+      store: { influx: { url: influxd.url, database, pollIntervalMs: 20, timeoutMs: 2000, batchSize: 250, retry: { initialDelayMs: 50, maxDelayMs: 200 } } },
+    });
+    feeder = await createInfluxFeeder({ settings: config.store.influx!, store, log: silentLogger() });
+    feeder.start();
+    return feeder;
+  }
+
+  async function commit(observations: Observation[]): Promise<void> {
+    await store.commit({ received: Date.now(), source: 'test', message: null, observations, deadLetters: [] });
+  }
+
+  it('writes points that query back with their exact values, types, tags and times (ms)', async () => {
+    await commit([
+      reading(0, { value: 72.5, flags: 5 }),
+      reading(1, { value: 0, code: null, metric: 'VENDOR:X1', location: null }),
+      reading(2, { value: Number.NaN, text: 'LEAD OFF' }),
+      reading(3, { value: -12.25, deviceId: 'mon 7,a=b', location: 'ward 7, room=3' }),
+    ]);
+    const f = await startFeeder();
+    await until('the feeder to catch up', () => f.status().lag === 0);
+
+    const points = rows(await influxd.query('SELECT * FROM vitals ORDER BY time', 'mdi'));
+    expect(points).toEqual([
+      { time: T0 + 7, device: 'mon-0', metric: 'MDC_ECG_HEART_RATE', unit: '/min', location: 'ICU7/3/1', value: 72.5, flags: 5, code: 147842 },
+      { time: T0 + 1007, device: 'mon-1', metric: 'VENDOR:X1', unit: '/min', location: null, value: 0, flags: 1, code: null },
+      { time: T0 + 3007, device: 'mon 7,a=b', metric: 'MDC_ECG_HEART_RATE', unit: '/min', location: 'ward 7, room=3', value: -12.25, flags: 3, code: 147842 },
+    ]);
+    const fields = rows(await influxd.query('SHOW FIELD KEYS FROM vitals', 'mdi'));
+    expect(Object.fromEntries(fields.map((r) => [r.fieldKey, r.fieldType]))).toEqual({ value: 'float', flags: 'integer', code: 'integer' });
+    expect(f.status()).toMatchObject<Partial<InfluxFeederStatus>>({
+      reachable: true,
+      pointsWritten: 3,
+      skippedNoValue: 1,
+      refusedPoints: 0,
+      cursor: 4,
+      lag: 0,
+      lastError: null,
+    });
+  });
+
+  it('loses nothing when influxd stops (and is killed) mid-stream while readings keep being committed', async () => {
+    const f = await startFeeder();
+    let n = 0;
+    let committing = true;
+    // The ingest side: one small commit every few ms, never waiting for InfluxDB.
+    const producer = (async () => {
+      while (committing) {
+        await commit([reading(n), reading(n + 1)]);
+        n += 2;
+        await new Promise((r) => setTimeout(r, 3));
+      }
+    })();
+    const count = async () => {
+      const result = await influxd.query('SELECT count(value), sum(value) FROM vitals', 'mdi');
+      if (result.results[0]?.error?.includes('database not found')) return { count: 0, sum: 0 }; // not created yet
+      const r = rows(result);
+      return { count: (r[0]?.count as number | undefined) ?? 0, sum: (r[0]?.sum as number | undefined) ?? 0 };
+    };
+
+    try {
+      await until('first points', async () => (await count()).count > 50);
+      await influxd.stop();
+      const atStop = n;
+      await until('a failed write', () => f.status().reachable === false && f.status().consecutiveFailures >= 2);
+      await until('more readings committed while influxd is down', () => n > atStop + 100);
+      expect(f.status().lag).toBeGreaterThan(0);
+      expect(f.status().lastError).not.toBeNull();
+      await influxd.start();
+      await until('writes after the restart', () => f.status().reachable === true && f.status().consecutiveFailures === 0);
+
+      // A crash of influxd: what it acknowledged is in its WAL; what it did not is written again.
+      await influxd.kill();
+      const atKill = n;
+      await until('more readings committed after the kill', () => n > atKill + 100);
+      await influxd.start();
+    } finally {
+      committing = false;
+      await producer;
+    }
+    await until('the feeder to catch up', () => f.status().lag === 0);
+    const total = await count();
+    expect(total.count).toBe(n);
+    expect(total.sum).toBe((n * (n + 1)) / 2);
+    expect(store.cursor(INFLUX_CURSOR)).toBe(n);
+    const perSecond = rows(await influxd.query(`SELECT count(value) FROM vitals WHERE time >= ${T0}ms GROUP BY time(1s) FILL(none)`, 'mdi'));
+    expect(perSecond.every((r) => r.count === 1)).toBe(true); // every reading exactly once
+    expect(perSecond).toHaveLength(n);
+  }, 30_000);
+
+  it('creates a missing database, and resumes from its cursor after a restart of the feeder', async () => {
+    await commit([reading(0), reading(1)]);
+    const first = await startFeeder('fresh_db');
+    await until('two points', () => first.status().pointsWritten === 2);
+    await first.stop();
+    feeder = null;
+    await commit([reading(2)]);
+    const second = await startFeeder('fresh_db');
+    await until('caught up', () => second.status().lag === 0);
+    expect(second.status().pointsWritten).toBe(1); // only the new one: it resumed after reading 2's predecessor
+    const r = rows(await influxd.query('SELECT count(value) FROM vitals', 'fresh_db'));
+    expect(r[0]?.count).toBe(3);
+  });
+
+  it('is fed by a gateway with store.influx, and no patient identity reaches InfluxDB', async () => {
+    await store.close();
+    gateway = await startTestGateway({
+      store: { influx: { url: influxd.url, database: 'gw', pollIntervalMs: 20, retry: { initialDelayMs: 50, maxDelayMs: 200 } } },
+    });
+    // Reopen the per-test store handle on a throwaway file so afterEach can close it.
+    store = new SqliteStore({ file: join(dir, 'unused.sqlite') });
+    const client = await MllpTestClient.connect(gateway.mllpPort);
+    for (let i = 0; i < 5; i++) client.send(pcd01Message({ controlId: `msg-${i}`, cpr: CPR, time: `2026112110145${i}+0100` }));
+    const acks = await client.waitForAcks(5);
+    await client.close();
+    expect(acks.every((a) => a.code === 'AA')).toBe(true);
+
+    type Status = { influx: InfluxFeederStatus };
+    await until('the gateway to feed InfluxDB', async () => (await getJson<Status>(`${gateway!.httpUrl}/api/status`)).body.influx.pointsWritten === 10);
+    const status = (await getJson<Status>(`${gateway.httpUrl}/api/status`)).body.influx;
+    expect(status).toMatchObject({ reachable: true, lag: 0, database: 'gw', lastError: null });
+
+    const points = rows(await influxd.query('SELECT * FROM vitals', 'gw'));
+    expect(points).toHaveLength(10);
+    expect(new Set(points.map((p) => p.location))).toEqual(new Set(['ICU/12/1']));
+
+    // Everything InfluxDB holds about the data: measurements, series keys, tag keys and values,
+    // field keys and every point. None of it may carry the CPR, the name or the pseudonym.
+    const pseudonym = gateway.gateway.storeForTests().pseudonym({ system: 'urn:oid:1.2.208.176.1.2', value: CPR });
+    const everything = JSON.stringify(
+      await Promise.all(
+        ['SHOW MEASUREMENTS', 'SHOW SERIES', 'SHOW TAG KEYS', 'SHOW TAG VALUES WITH KEY =~ /.*/', 'SHOW FIELD KEYS', 'SELECT * FROM /.*/'].map((q) =>
+          influxd.query(q, 'gw'),
+        ),
+      ),
+    );
+    expect(everything).toContain('MDC_ECG_HEART_RATE');
+    for (const secret of [CPR, '010190', '1.2.208.176.1.2', 'Søren', 'Ærø', pseudonym]) expect(everything).not.toContain(secret);
+    expect(rows(await influxd.query('SHOW MEASUREMENTS', 'gw')).map((r) => r.name)).toEqual(['vitals']);
+  });
+});
