@@ -478,10 +478,111 @@ interface TypePart {
   readonly messageStructure: string;
 }
 
-// Senders and message types are few: 256 entries each.
-const senderCache = new RangeCache<SenderPart>(8);
-const typeCache = new RangeCache<TypePart>(8);
-const trailerCache = new RangeCache<TrailerPart>(8);
+/** What the constant part of an MSH (all but MSH-7 and MSH-10) means. */
+interface HeaderParts {
+  readonly sender: SenderPart;
+  readonly type: TypePart;
+  readonly trailer: TrailerPart;
+}
+
+// Header templates: 256 entries of up to 512 bytes (128 KiB); senders are few.
+const HEADER_BITS = 8;
+const HEADER_WIDTH = 512;
+const HEADER_PROBE = 12;
+
+/**
+ * MSH templates: the bytes from MSH-3 to MSH-7, from MSH-7 to MSH-10 and from MSH-10 to the end
+ * of MSH, with what they mean. Consecutive messages of a sender differ in MSH-7 and MSH-10 only.
+ */
+class HeaderTemplates {
+  private readonly slab = new Uint8Array((1 << HEADER_BITS) * HEADER_WIDTH);
+  private readonly slabView = viewOf(this.slab);
+  // Per entry: lengths of the three parts (-1: empty entry).
+  private readonly lengths = new Int32Array(3 << HEADER_BITS).fill(-1);
+  private readonly sigs = new Int32Array(1 << HEADER_BITS);
+  private readonly values: (HeaderParts | undefined)[] = new Array<HeaderParts | undefined>(1 << HEADER_BITS).fill(undefined);
+
+  /**
+   * The parts of the MSH whose MSH-3 starts at `a0` and that ends at `end`, when a template
+   * matches; `ranges` then holds MSH-7 and MSH-10 as [start7, end7, start10, end10].
+   */
+  match(bytes: Uint8Array, view: DataView, at: number, a0: number, end: number, sig: number, fs: number, ranges: Int32Array): HeaderParts | undefined {
+    if (end - a0 < HEADER_PROBE) return undefined;
+    const k = this.slotOf(view, at + a0, sig);
+    const la = this.lengths[3 * k]!;
+    if (la < 0 || this.sigs[k] !== sig || a0 + la > end) return undefined;
+    const base = k * HEADER_WIDTH;
+    if (!this.equal(base, view, at + a0, la)) return undefined;
+    const s7 = a0 + la;
+    let e7 = s7;
+    while (e7 < end && bytes[e7] !== fs) e7++;
+    const lb = this.lengths[3 * k + 1]!;
+    if (e7 + lb > end || !this.equal(base + la, view, at + e7, lb)) return undefined;
+    const s10 = e7 + lb;
+    let e10 = s10;
+    while (e10 < end && bytes[e10] !== fs) e10++;
+    const lc = this.lengths[3 * k + 2]!;
+    if (e10 + lc !== end || !this.equal(base + la + lb, view, at + e10, lc)) return undefined;
+    ranges[0] = s7;
+    ranges[1] = e7;
+    ranges[2] = s10;
+    ranges[3] = e10;
+    return this.values[k];
+  }
+
+  /** Caches the MSH read by the slow path (only printable ASCII without the escape byte). */
+  store(bytes: Uint8Array, view: DataView, at: number, a0: number, ranges: Int32Array, end: number, sig: number, esc: number, value: HeaderParts): void {
+    const s7 = ranges[0]!;
+    const e7 = ranges[1]!;
+    const s10 = ranges[2]!;
+    const e10 = ranges[3]!;
+    const la = s7 - a0;
+    const lb = s10 - e7;
+    const lc = end - e10;
+    if (la < HEADER_PROBE || la + lb + lc > HEADER_WIDTH) return;
+    if (!printable(bytes, a0, s7, esc) || !printable(bytes, e7, s10, esc) || !printable(bytes, e10, end, esc)) return;
+    const k = this.slotOf(view, at + a0, sig);
+    const base = k * HEADER_WIDTH;
+    this.slab.set(bytes.subarray(a0, s7), base);
+    this.slab.set(bytes.subarray(e7, s10), base + la);
+    this.slab.set(bytes.subarray(e10, end), base + la + lb);
+    this.lengths[3 * k] = la;
+    this.lengths[3 * k + 1] = lb;
+    this.lengths[3 * k + 2] = lc;
+    this.sigs[k] = sig;
+    this.values[k] = value;
+  }
+
+  clear(): void {
+    this.lengths.fill(-1);
+    this.values.fill(undefined);
+  }
+
+  private slotOf(view: DataView, o: number, sig: number): number {
+    let h = Math.imul(view.getInt32(o, true) ^ sig, 0x9e3779b1);
+    h = Math.imul(h ^ view.getInt32(o + 4, true), 0x85ebca6b);
+    h = Math.imul(h ^ view.getInt32(o + 8, true), 0xc2b2ae35);
+    return (h ^ (h >>> 16)) & ((1 << HEADER_BITS) - 1);
+  }
+
+  // slab[base, base + n) equals the message bytes at view offset o, four bytes at a time.
+  private equal(base: number, view: DataView, o: number, n: number): boolean {
+    const slab = this.slabView;
+    if (n < 4) {
+      for (let i = 0; i < n; i++) if (slab.getUint8(base + i) !== view.getUint8(o + i)) return false;
+      return true;
+    }
+    const lastWord = n - 4;
+    for (let i = 0; i < lastWord; i += 4) if (slab.getInt32(base + i, true) !== view.getInt32(o + i, true)) return false;
+    return slab.getInt32(base + lastWord, true) === view.getInt32(o + lastWord, true);
+  }
+}
+
+const headerTemplates = new HeaderTemplates();
+// MSH-7 and MSH-10 of the header just read: [start7, end7, start10, end10].
+const mshRanges = new Int32Array(4);
+// MSH-7.1 of the header just read: [start, end).
+const mshTime = new Int32Array(2);
 
 // ---------------------------------------------------------------------------------------------
 // Decoding
@@ -497,9 +598,7 @@ export function clearPcd01Caches(): void {
   tailCache.clear();
   deviceCache.clear();
   locationCache.clear();
-  senderCache.clear();
-  typeCache.clear();
-  trailerCache.clear();
+  headerTemplates.clear();
 }
 
 function resolveZone(tz: string | ZoneOffsets | undefined): ZoneOffsets {
@@ -541,10 +640,7 @@ export function decodePcd01Message(msg: Hl7Message, options?: Pcd01Options): Pcd
   // HL7 v2.6 2.A.22: times without an offset are the sender's local time; MSH-7's offset, when
   // stated, is the best evidence of it.
   const zone: TimeZoneRule =
-    options?.senderOffset !== false &&
-    header.messageTime !== null &&
-    msh.locate(7, 1, 1, 1) &&
-    hl7TimeHasOffset(msg.bytes, msh.leafStart, msh.leafEnd)
+    options?.senderOffset !== false && header.messageTime !== null && hl7TimeHasOffset(msg.bytes, mshTime[0]!, mshTime[1]!)
       ? fixedOffset(header.messageTime.tzOffset)
       : configured;
 
@@ -640,10 +736,8 @@ class MessageDecoder {
     this.defaultDevice = header.defaultDevice;
     this.mshTime = header.messageTime;
     this.groupTime = header.messageTime;
-    const msh = msg.header!;
-    const hasMshTime = msh.locate(7, 1, 1, 1);
-    this.mshTimeStart = hasMshTime ? msh.leafStart : 0;
-    this.mshTimeEnd = hasMshTime ? msh.leafEnd : 0;
+    this.mshTimeStart = mshTime[0]!;
+    this.mshTimeEnd = mshTime[1]!;
   }
 
   /** Clears the module-level device scratch (it may hold ids of this message). */
@@ -1145,14 +1239,53 @@ function signature(msg: Hl7Message): number {
   return (msg.cs & 0xff) | ((msg.rs & 0xff) << 8) | ((msg.es & 0xff) << 16) | ((msg.ss & 0xff) << 24);
 }
 
+/**
+ * Reads the MSH. What is constant between two messages of a sender (all but MSH-7 and MSH-10)
+ * comes from a header template when the bytes match one; otherwise from the fields. Leaves the
+ * range of MSH-7.1 in `mshTime` for the caller.
+ */
 function readHeader(msg: Hl7Message, msh: Hl7Segment, zone: TimeZoneRule, problems: Hl7Problem[]): Pcd01Header {
   const bytes = msg.bytes;
-  const view = msg.view;
   const sig = signature(msg);
-  const esc = msg.es;
+  const fs = msg.fs;
+  const start = msh.byteStart;
+  const end = msh.byteEnd;
+  // MSH-3 starts after "MSH", MSH-1 and MSH-2 (the encoding characters).
+  let a0 = start + 4;
+  while (a0 < end && bytes[a0] !== fs) a0++;
+  a0++;
+  let parts = headerTemplates.match(bytes, msg.view, msg.viewOffset, a0, end, sig, fs, mshRanges);
+  if (parts !== undefined) {
+    // MSH-18 lies inside the matched bytes: no need to find it again.
+    msg.adoptCharsetName(parts.trailer.charsetName);
+  } else {
+    parts = {
+      sender: readSender(msg, msh),
+      type: { messageCode: msh.get(9, 1).trim(), trigger: msh.get(9, 2).trim(), messageStructure: msh.get(9, 3).trim() },
+      trailer: readTrailer(msg, msh),
+    };
+    const has7 = msh.fieldRange(7);
+    mshRanges[0] = has7 ? msh.leafStart : end;
+    mshRanges[1] = has7 ? msh.leafEnd : end;
+    const has10 = msh.fieldRange(10);
+    mshRanges[2] = has10 ? msh.leafStart : end;
+    mshRanges[3] = has10 ? msh.leafEnd : end;
+    if (has7 && has10 && msh.fieldRange(3) && msh.leafStart === a0) {
+      headerTemplates.store(bytes, msg.view, msg.viewOffset, a0, mshRanges, end, sig, msg.es, parts);
+    }
+  }
+  const { sender, type, trailer } = parts;
+
+  // MSH-7 (TS: the time is component 1).
+  const cs = msg.cs;
+  const t7 = mshRanges[0]!;
+  let t7e = t7;
+  while (t7e < mshRanges[1]! && bytes[t7e] !== cs) t7e++;
+  mshTime[0] = t7;
+  mshTime[1] = t7e;
   let messageTime: Hl7Time | null = null;
-  if (msh.locate(7, 1, 1, 1) && msh.leafEnd > msh.leafStart) {
-    if (parseHl7TimeBytes(bytes, msh.leafStart, msh.leafEnd, zone, timeOut)) {
+  if (t7e > t7) {
+    if (parseTime(msg, t7, t7e, msh.wasContinued, zone)) {
       messageTime = { ms: timeOut.ms, tzOffset: timeOut.tzOffset };
     } else {
       problems.push(hl7Problem(ErrorCode.HL7_BAD_TIME, Hl7ErrorCondition.DATA_TYPE_ERROR, 'MSH-7', 'MSH-7 is not a valid HL7 date/time', 'W'));
@@ -1160,54 +1293,14 @@ function readHeader(msg: Hl7Message, msh: Hl7Segment, zone: TimeZoneRule, proble
   } else {
     problems.push(hl7Problem(ErrorCode.HL7_MISSING_FIELD, Hl7ErrorCondition.REQUIRED_FIELD_MISSING, 'MSH-7', 'MSH-7 (message time) is empty', 'W'));
   }
-  // Unique per message: not worth a slot in the string cache.
-  const rawControlId = msh.raw(10, 0, false);
-  // MSH-10 rarely holds escapes: then the decoded id is the raw one.
-  const controlId = (rawControlId.includes(msg.delimiters.escape || '\u0000') ? msh.get(10) : rawControlId).trim();
+  // MSH-10: unique per message, not worth a slot in the string cache; rarely holds escapes, and
+  // then the decoded id is the raw one.
+  const rawControlId = msg.rawText(mshRanges[2]!, mshRanges[3]!, false);
+  const controlId = (msg.es >= 0 && rawControlId.includes(String.fromCharCode(msg.es)) ? msh.get(10) : rawControlId).trim();
   if (controlId === '') {
     problems.push(
       hl7Problem(ErrorCode.HL7_MISSING_FIELD, Hl7ErrorCondition.REQUIRED_FIELD_MISSING, 'MSH-10', 'MSH-10 (message control id) is empty; the ACK cannot name the message', 'W'),
     );
-  }
-
-  let sender: SenderPart | undefined;
-  if (msh.fieldRange(3)) {
-    const s = msh.leafStart;
-    const e = msh.fieldRange(4) ? msh.leafEnd : msh.leafStart;
-    sender = senderCache.get(bytes, view, s, e, sig);
-    if (sender === undefined) {
-      sender = readSender(msg, msh);
-      senderCache.set(bytes, s, e, sig, esc, sender);
-    }
-  } else {
-    sender = readSender(msg, msh);
-  }
-  let type: TypePart | undefined;
-  if (msh.fieldRange(9)) {
-    const s = msh.leafStart;
-    const e = msh.leafEnd;
-    type = typeCache.get(bytes, view, s, e, sig);
-    if (type === undefined) {
-      type = { messageCode: msh.get(9, 1).trim(), trigger: msh.get(9, 2).trim(), messageStructure: msh.get(9, 3).trim() };
-      typeCache.set(bytes, s, e, sig, esc, type);
-    }
-  } else {
-    type = { messageCode: '', trigger: '', messageStructure: '' };
-  }
-  let trailer: TrailerPart | undefined;
-  if (msh.fieldRange(11)) {
-    const s = msh.leafStart;
-    const e = msh.byteEnd;
-    trailer = trailerCache.get(bytes, view, s, e, sig);
-    if (trailer === undefined) {
-      trailer = readTrailer(msg, msh);
-      trailerCache.set(bytes, s, e, sig, esc, trailer);
-    } else {
-      // MSH-18 lies inside the cached bytes: no need to find it again.
-      msg.adoptCharsetName(trailer.charsetName);
-    }
-  } else {
-    trailer = readTrailer(msg, msh);
   }
 
   return {
