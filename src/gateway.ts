@@ -28,10 +28,11 @@ const DAY_MS = 24 * HOUR_MS;
 
 /**
  * The composition root: the only place that knows every part. Start order:
- * mappings → store → pipeline → EPJ stand-in (only without `fhir.baseUrl`) → charting (outbox
- * and forwarder) → HTTP API → drivers, then ready. Stop in reverse: drivers stop accepting and
- * finish (every in-flight message committed and answered), the API closes, charting stops
- * (requests in flight are aborted; their entries stay in the outbox), the store flushes and
+ * mappings → store → pipeline → InfluxDB feeder (only with `store.influx`) → EPJ stand-in (only
+ * without `fhir.baseUrl`) → charting (outbox and forwarder) → HTTP API → drivers, then ready.
+ * Stop in reverse: drivers stop accepting and finish (every in-flight message committed and
+ * answered), the API closes, charting stops (requests in flight are aborted; their entries stay
+ * in the outbox), the InfluxDB feeder stops (its cursor stays where InfluxDB acknowledged), the store flushes and
  * closes, the stand-in closes. Each stop step runs under a timeout so one stuck
  * part cannot keep the process alive forever. Drivers start in order (the MLLP listener, each
  * serial device, the embedded MQTT broker, each MQTT subscription) and stop in reverse.
