@@ -120,4 +120,40 @@ describe('MQTT through the gateway', () => {
       quality: [],
     });
   });
+
+  it('two gateways on one shared subscription: every reading stored exactly once across their two stores', async () => {
+    broker = await startMosquitto();
+    const sub = (clientId: string) => ({ mqtt: { subscribe: [{ url: broker!.url, clientId, sharedGroup: 'ward', reconnect: { initialDelayMs: 100, maxDelayMs: 1000 } }] } });
+    const a = await startTestGateway(sub('gw-a'));
+    const b = await startTestGateway(sub('gw-b'));
+    gateways.push(a, b);
+    for (const gw of [a, b]) {
+      for (let t = Date.now(); ; ) {
+        const status = await getJson<{ drivers: { kind: string; state: string }[] }>(`${gw.httpUrl}/api/status`);
+        if (status.body.drivers.some((d) => d.kind === 'mqtt-client' && d.state === 'up')) break;
+        if (Date.now() - t > 5000) throw new Error('not subscribed within 5 s');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+    const pub = await mqtt.connectAsync(broker.url, { clientId: 'ward-pub', protocolVersion: 5 });
+    const total = 300;
+    try {
+      await Promise.all(
+        Array.from({ length: total }, (_, k) =>
+          pub.publishAsync(readingsTopic(`bed-${k % 10}`), JSON.stringify({ ts: Date.now(), id: `w${k}`, readings: [{ code: '147842', value: k, unit: '/min' }] }), { qos: 1 }),
+        ),
+      );
+    } finally {
+      await pub.endAsync();
+    }
+    const values = () =>
+      [a, b].flatMap((gw) => Array.from({ length: 10 }, (_, i) => gw.gateway.storeForTests().queryObservations({ device: `bed-${i}`, limit: 1000 })).flat().map((r) => r.observation.value));
+    await waitFor(() => values().length >= total, 8000, 'every reading in one of the stores');
+    await new Promise((r) => setTimeout(r, 200));
+    const all = values();
+    expect(all).toHaveLength(total);
+    expect(new Set(all).size).toBe(total);
+    expect(a.gateway.storeForTests().counts().observations).toBeGreaterThan(0);
+    expect(b.gateway.storeForTests().counts().observations).toBeGreaterThan(0);
+  });
 });
