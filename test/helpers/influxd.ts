@@ -44,8 +44,17 @@ export interface InfluxQueryResult {
   }>;
 }
 
+export interface InfluxdOptions {
+  /**
+   * `[http] auth-enabled`: every request needs credentials. The admin user `admin` with
+   * `adminPassword` is created at the first start (InfluxDB allows that one unauthenticated
+   * statement while no user exists); `query()` then authenticates as admin.
+   */
+  readonly auth?: { readonly adminPassword: string };
+}
+
 /** Starts an influxd on free ports on 127.0.0.1 with reporting and the internal monitor off. */
-export async function startInfluxd(): Promise<TestInfluxd> {
+export async function startInfluxd(options: InfluxdOptions = {}): Promise<TestInfluxd> {
   const dir = mkdtempSync(join(tmpdir(), 'mdi-influxd-'));
   const port = await freePort();
   const rpcPort = await freePort();
@@ -73,6 +82,7 @@ export async function startInfluxd(): Promise<TestInfluxd> {
       '  enabled = true',
       `  bind-address = "127.0.0.1:${port}"`,
       '  log-enabled = false',
+      `  auth-enabled = ${options.auth ? 'true' : 'false'}`,
       '[logging]',
       '  level = "error"',
       '',
@@ -129,7 +139,20 @@ export async function startInfluxd(): Promise<TestInfluxd> {
     });
   };
 
+  const query = async (q: string, db?: string, asAdmin = true): Promise<InfluxQueryResult> => {
+    const params = new URLSearchParams({ q, epoch: 'ms' });
+    if (db !== undefined) params.set('db', db);
+    if (options.auth && asAdmin) {
+      params.set('u', 'admin');
+      params.set('p', options.auth.adminPassword);
+    }
+    const res = await fetch(`${url}/query?${params}`, { method: 'POST' });
+    if (!res.ok) throw new Error(`influx query failed: ${res.status} ${await res.text()}`);
+    return (await res.json()) as InfluxQueryResult;
+  };
+
   await start();
+  if (options.auth) await query(`CREATE USER admin WITH PASSWORD '${options.auth.adminPassword.replace(/'/g, "\\'")}' WITH ALL PRIVILEGES`, undefined, false);
   return {
     port,
     url,
@@ -140,13 +163,7 @@ export async function startInfluxd(): Promise<TestInfluxd> {
       await halt('SIGTERM');
       rmSync(dir, { recursive: true, force: true });
     },
-    query: async (q, db) => {
-      const params = new URLSearchParams({ q, epoch: 'ms' });
-      if (db !== undefined) params.set('db', db);
-      const res = await fetch(`${url}/query?${params}`, { method: 'POST' });
-      if (!res.ok) throw new Error(`influx query failed: ${res.status} ${await res.text()}`);
-      return (await res.json()) as InfluxQueryResult;
-    },
+    query: (q, db) => query(q, db),
     running: () => child !== null,
   };
 }

@@ -2,7 +2,7 @@
  * The InfluxDB feeder against a real influxd 1.x (Debian package `influxdb`; `.ci/run` installs
  * it), started per test on free ports with its own folders (test/helpers/influxd.ts).
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -220,5 +220,73 @@ describe.skipIf(!INFLUXD_AVAILABLE)('InfluxDB feeder (real influxd 1.x)', () => 
     expect(everything).toContain('MDC_ECG_HEART_RATE');
     for (const secret of [CPR, '010190', '1.2.208.176.1.2', 'Søren', 'Ærø', pseudonym]) expect(everything).not.toContain(secret);
     expect(rows(await influxd.query('SHOW MEASUREMENTS', 'gw')).map((r) => r.name)).toEqual(['vitals']);
+  });
+});
+
+describe.skipIf(!INFLUXD_AVAILABLE)('InfluxDB feeder with authentication (real influxd 1.x)', () => {
+  it('writes with a user and a password file; wrong credentials keep the cursor and show in the status', async () => {
+    const influxd = await startInfluxd({ auth: { adminPassword: 'admin-pw' } });
+    const dir = mkdtempSync(join(tmpdir(), 'mdi-influx-auth-'));
+    const store = new SqliteStore({ file: join(dir, 'mdi.sqlite'), synchronous: 'normal' });
+    const feeders: InfluxFeeder[] = [];
+    try {
+      await influxd.query('CREATE DATABASE mdi');
+      await influxd.query("CREATE USER writer WITH PASSWORD 'w-secret'");
+      await influxd.query('GRANT WRITE ON mdi TO writer');
+      await store.commit({ received: Date.now(), source: 'test', message: null, observations: [reading(0), reading(1)], deadLetters: [] });
+      const passwordFile = join(dir, 'influx-password');
+      const start = async (password: string) => {
+        writeFileSync(passwordFile, `${password}\n`); // a trailing newline, as `echo` leaves it
+        const config = parseConfig({
+          store: { influx: { url: influxd.url, username: 'writer', passwordFile, pollIntervalMs: 20, retry: { initialDelayMs: 20, maxDelayMs: 100 } } },
+        });
+        const f = await createInfluxFeeder({ settings: config.store.influx!, store, log: silentLogger() });
+        feeders.push(f);
+        f.start();
+        return f;
+      };
+
+      const wrong = await start('not-it');
+      await until('a refused write', () => wrong.status().consecutiveFailures >= 2);
+      expect(wrong.status()).toMatchObject({ reachable: true, pointsWritten: 0, lag: 2, cursor: 0 });
+      expect(wrong.status().lastError?.message).toMatch(/401|authorization failed/);
+      expect(JSON.stringify(wrong.status())).not.toContain('not-it');
+      await wrong.stop();
+
+      // The writer may not CREATE DATABASE: that is logged and the writes go on.
+      const right = await start('w-secret');
+      await until('caught up', () => right.status().lag === 0);
+      expect(right.status()).toMatchObject({ reachable: true, pointsWritten: 2 });
+      expect(rows(await influxd.query('SELECT count(value) FROM vitals', 'mdi'))[0]?.count).toBe(2);
+    } finally {
+      for (const f of feeders) await f.stop();
+      await store.close();
+      await influxd.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('lets a gateway start while InfluxDB is down, and catches up once it is up', async () => {
+    const influxd = await startInfluxd();
+    await influxd.stop();
+    const gateway = await startTestGateway({
+      store: { influx: { url: influxd.url, pollIntervalMs: 20, timeoutMs: 1000, retry: { initialDelayMs: 20, maxDelayMs: 100 } } },
+    });
+    try {
+      const client = await MllpTestClient.connect(gateway.mllpPort);
+      client.send(pcd01Message({ controlId: 'down-1', cpr: CPR }));
+      expect((await client.waitForAcks(1))[0]!.code).toBe('AA'); // the ACK does not wait for InfluxDB
+      await client.close();
+      type Status = { influx: InfluxFeederStatus };
+      const status = async () => (await getJson<Status>(`${gateway.httpUrl}/api/status`)).body.influx;
+      await until('a failed attempt', async () => (await status()).reachable === false);
+      expect((await status()).lag).toBe(2);
+      await influxd.start();
+      await until('caught up', async () => (await status()).lag === 0);
+      expect(await status()).toMatchObject({ reachable: true, pointsWritten: 2, consecutiveFailures: 0 });
+    } finally {
+      await gateway.stop();
+      await influxd.close();
+    }
   });
 });
