@@ -350,9 +350,17 @@ export class SqliteStore implements Store {
     return pseudonym(this.pseudonymKey, patient);
   }
 
-  /** Deletes readings older than `before` (epoch ms) and dedupe records of the same age. */
+  /**
+   * Deletes readings older than `before` (epoch ms) and dedupe records of the same age. The
+   * newest row is never deleted, whatever its time: SQLite gives a new row max(id) + 1, so
+   * deleting the row with the highest id (a device whose clock is years behind) would hand its id
+   * to the next reading, and every feeder whose cursor already passed that id (InfluxDB, outbox,
+   * republish) would skip the new reading. It goes with the next prune once a newer row exists.
+   */
   prune(before: number): { observations: number; messages: number } {
-    const observations = this.db.prepare('DELETE FROM observations WHERE time < ?').run(before).changes;
+    const observations = this.db
+      .prepare('DELETE FROM observations WHERE time < ? AND id < (SELECT max(id) FROM observations)')
+      .run(before).changes;
     const messages = this.db.prepare('DELETE FROM messages WHERE received < ?').run(before).changes;
     return { observations, messages };
   }

@@ -36,6 +36,21 @@ afterEach(async () => {
 });
 
 describe('SqliteStore', () => {
+  it('never prunes the newest row, so a feeder cursor never sees its id given to another reading', async () => {
+    const { store } = open();
+    const commit = (o: Observation) => store.commit({ received: 1, source: 's', message: null, observations: [o], deadLetters: [] });
+    expect(store.lastObservationId()).toBe(0);
+    await commit(obs({ time: Date.UTC(2026, 0, 1) }));
+    await commit(obs({ time: 0 })); // a device clock at 1970: older than any retention
+    expect(store.lastObservationId()).toBe(2);
+    store.setCursor('feeder', 2); // a feeder has already passed it
+    expect(store.prune(Date.UTC(2025, 0, 1)).observations).toBe(0);
+    await commit(obs({ time: Date.UTC(2026, 0, 2) }));
+    expect(store.observationsAfter(store.cursor('feeder'), 10).map((r) => r.id)).toEqual([3]);
+    expect(store.prune(Date.UTC(2025, 0, 1)).observations).toBe(1);
+    expect(store.lastObservationId()).toBe(3);
+  });
+
   it('commits observations and dead letters and reads them back', async () => {
     const { store } = open();
     const result = await store.commit({
