@@ -267,10 +267,16 @@ class TemplateCache {
   private readonly sigs = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS);
   private readonly values: (RowTemplate | undefined)[] = new Array<RowTemplate | undefined>(TEMPLATE_WAYS << TEMPLATE_SET_BITS).fill(undefined);
   private readonly recent = new Uint8Array(1 << TEMPLATE_SET_BITS);
+  // Per entry: the entry of the row that came next last time (-1: unknown).
+  private readonly following = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS).fill(-1);
+  /** The entry of the last successful `match`, or of the last `store` (-1: none). */
+  hit = -1;
 
   /**
-   * Looks up the row whose OBX-2 starts at `hs`. On a hit fills `row` and returns where the row
-   * ends by the template; -1 on a miss. `bound` limits the comparison: the segment end when it
+   * Looks up the row whose OBX-2 starts at `hs`. On a hit fills `row`, sets `hit` to the entry
+   * and returns where the row ends by the template; -1 on a miss. `hint` is an entry to try
+   * first (the one that followed the previous row last time; rows come in the same order
+   * message after message), -1 for none. `bound` limits the comparison: the segment end when it
    * is known, else the message end (the caller then checks the row really ends there). The
    * parts not compared (OBX-5, OBX-14) are scanned up to a separator or a line break, so a hit
    * never spans a CR or LF.
@@ -286,65 +292,105 @@ class TemplateCache {
     timeStart: number,
     timeLength: number,
     row: RowParts,
+    hint: number,
   ): number {
+    if (hint >= 0) {
+      const end = this.tryEntry(hint, bytes, view, at, hs, bound, sig, fs, timeStart, timeLength, row);
+      if (end >= 0) {
+        this.hit = hint;
+        return end;
+      }
+    }
     const set = this.setOf(view, at + hs, sig);
     for (let w = 0; w < TEMPLATE_WAYS; w++) {
       const k = set * TEMPLATE_WAYS + w;
-      const lh = this.headLength[k]!;
-      if (lh < 0 || this.sigs[k] !== sig || hs + lh > bound) continue;
-      const base = k * TEMPLATE_WIDTH;
-      if (!this.equal(base, bytes, view, at, hs, lh)) continue;
-      const vs = hs + lh;
-      let ve = vs;
-      while (ve < bound) {
-        const c = bytes[ve];
-        if (c === fs || c === 0x0d || c === 0x0a) break;
-        ve++;
+      if (k === hint) continue;
+      const end = this.tryEntry(k, bytes, view, at, hs, bound, sig, fs, timeStart, timeLength, row);
+      if (end >= 0) {
+        this.recent[set] = w;
+        this.hit = k;
+        return end;
       }
-      const lt = this.tailLength[k]!;
-      if (ve + lt > bound || !this.equal(base + lh, bytes, view, at, ve, lt)) continue;
-      const t = this.values[k]!;
-      let ts = ve + lt;
-      let te = ts;
-      let rowEnd = ts;
-      let timeSame = false;
-      if (t.hasTime) {
-        // Usually the same time as the previous row: try its bytes before scanning.
-        te = ts + timeLength;
-        timeSame =
-          timeStart >= 0 &&
-          te <= bound &&
-          (te === bound || bytes[te] === fs || bytes[te] === 0x0d || bytes[te] === 0x0a) &&
-          sameBytes(bytes, view, at, timeStart, ts, timeLength, timeLength);
-        if (!timeSame) {
-          te = ts;
-          while (te < bound) {
-            const c = bytes[te];
-            if (c === fs || c === 0x0d || c === 0x0a) break;
-            te++;
-          }
-        }
-        const lp = this.restLength[k]!;
-        if (te + lp > bound || !this.equal(base + lh + lt, bytes, view, at, te, lp)) continue;
-        rowEnd = te + lp;
-      } else {
-        // No OBX-14: the time range is empty (at the row end).
-        ts = te = rowEnd;
-      }
-      this.recent[set] = w;
-      row.head = t.head;
-      row.hs = hs;
-      row.vs = vs;
-      row.ve = ve;
-      row.unit = t.unit;
-      row.tailFlags = t.tailFlags;
-      row.ts = ts;
-      row.te = te;
-      row.timeSame = timeSame;
-      row.deviceId = t.deviceId;
-      return rowEnd;
     }
+    this.hit = -1;
     return -1;
+  }
+
+  /** The entry of the row that followed entry `k` last time, or -1. */
+  nextOf(k: number): number {
+    return this.following[k]!;
+  }
+
+  /** Remembers that entry `next` followed entry `k`. */
+  setNext(k: number, next: number): void {
+    this.following[k] = next;
+  }
+
+  private tryEntry(
+    k: number,
+    bytes: Uint8Array,
+    view: DataView,
+    at: number,
+    hs: number,
+    bound: number,
+    sig: number,
+    fs: number,
+    timeStart: number,
+    timeLength: number,
+    row: RowParts,
+  ): number {
+    const lh = this.headLength[k]!;
+    if (lh < 0 || this.sigs[k] !== sig || hs + lh > bound) return -1;
+    const base = k * TEMPLATE_WIDTH;
+    if (!this.equal(base, bytes, view, at, hs, lh)) return -1;
+    const vs = hs + lh;
+    let ve = vs;
+    while (ve < bound) {
+      const c = bytes[ve];
+      if (c === fs || c === 0x0d || c === 0x0a) break;
+      ve++;
+    }
+    const lt = this.tailLength[k]!;
+    if (ve + lt > bound || !this.equal(base + lh, bytes, view, at, ve, lt)) return -1;
+    const t = this.values[k]!;
+    let ts = ve + lt;
+    let te = ts;
+    let rowEnd = ts;
+    let timeSame = false;
+    if (t.hasTime) {
+      // Usually the same time as the previous row: try its bytes before scanning.
+      te = ts + timeLength;
+      timeSame =
+        timeStart >= 0 &&
+        te <= bound &&
+        (te === bound || bytes[te] === fs || bytes[te] === 0x0d || bytes[te] === 0x0a) &&
+        sameBytes(bytes, view, at, timeStart, ts, timeLength, timeLength);
+      if (!timeSame) {
+        te = ts;
+        while (te < bound) {
+          const c = bytes[te];
+          if (c === fs || c === 0x0d || c === 0x0a) break;
+          te++;
+        }
+      }
+      const lp = this.restLength[k]!;
+      if (te + lp > bound || !this.equal(base + lh + lt, bytes, view, at, te, lp)) return -1;
+      rowEnd = te + lp;
+    } else {
+      // No OBX-14: the time range is empty (at the row end).
+      ts = te = rowEnd;
+    }
+    row.head = t.head;
+    row.hs = hs;
+    row.vs = vs;
+    row.ve = ve;
+    row.unit = t.unit;
+    row.tailFlags = t.tailFlags;
+    row.ts = ts;
+    row.te = te;
+    row.timeSame = timeSame;
+    row.deviceId = t.deviceId;
+    return rowEnd;
   }
 
   /** Caches the row read by the slow path (only printable ASCII without the escape byte). */
@@ -366,6 +412,7 @@ class TemplateCache {
     const lh = vs - hs;
     const lt = (hasTime ? ts : e0) - ve;
     const lp = hasTime ? e0 - te : 0;
+    this.hit = -1;
     if (lh < TEMPLATE_PROBE || lh + lt + lp > TEMPLATE_WIDTH) return;
     if (!printable(bytes, hs, vs, esc) || !printable(bytes, ve, ve + lt, esc) || !printable(bytes, te, te + lp, esc)) return;
     const set = this.setOf(view, at + hs, sig);
@@ -386,11 +433,14 @@ class TemplateCache {
     this.sigs[k] = sig;
     this.values[k] = value;
     this.recent[set] = w;
+    this.following[k] = -1;
+    this.hit = k;
   }
 
   clear(): void {
     this.headLength.fill(-1);
     this.values.fill(undefined);
+    this.following.fill(-1);
   }
 
   // slab[base, base + n) equals bytes[s, s + n) (`view` reads bytes[i] at at + i), eight bytes
@@ -714,6 +764,8 @@ class MessageDecoder {
   private lastTimeLength = 0;
   private lastTimeMs = 0;
   private lastTimeTz = 0;
+  // Template entry of the previous OBX of this message (-1: none), to predict the next one.
+  private prevTemplate = -1;
 
   constructor(
     private readonly msg: Hl7Message,
@@ -792,7 +844,8 @@ class MessageDecoder {
   /** OBX segment i, bytes [s0, e0) (already indexed). */
   obx(i: number, s0: number, e0: number): void {
     const row = rowParts;
-    if (this.matchTemplate(s0, e0, row) !== e0) this.scanRow(i, s0, e0, row);
+    if (this.matchTemplate(s0, e0, row) === e0) this.follow(templates.hit);
+    else this.scanRow(i, s0, e0, row);
     this.row(i, row);
   }
 
@@ -804,6 +857,7 @@ class MessageDecoder {
     const row = rowParts;
     const end = this.matchTemplate(s0, this.msg.end, row);
     if (end < 0 || !this.msg.tryIndexSegment(s0, end)) return false;
+    this.follow(templates.hit);
     this.row(i, row);
     return true;
   }
@@ -1013,7 +1067,15 @@ class MessageDecoder {
     if (hs >= bound || bytes[hs] !== fs) return -1;
     hs++;
     if (bound - hs < TEMPLATE_PROBE) return -1;
-    return templates.match(bytes, this.view, this.at, hs, bound, this.sig, fs, this.lastTimeStart, this.lastTimeLength, row);
+    const prev = this.prevTemplate;
+    return templates.match(bytes, this.view, this.at, hs, bound, this.sig, fs, this.lastTimeStart, this.lastTimeLength, row, prev >= 0 ? templates.nextOf(prev) : -1);
+  }
+
+  // Links the template entry of this row to the previous row's (see TemplateCache.match).
+  private follow(entry: number): void {
+    const prev = this.prevTemplate;
+    if (prev >= 0 && entry >= 0 && templates.nextOf(prev) !== entry) templates.setNext(prev, entry);
+    this.prevTemplate = entry;
   }
 
   /** Slow path: finds the fields of the row (one pass up to OBX-18), reads them, caches a template. */
@@ -1094,6 +1156,9 @@ class MessageDecoder {
         deviceId: row.deviceId,
         hasTime,
       });
+      this.follow(templates.hit);
+    } else {
+      this.prevTemplate = -1;
     }
   }
 
