@@ -6,6 +6,7 @@
  * installed, `INFLUXD_AVAILABLE` is false and the suites skip with a note.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { request as httpsRequest } from 'node:https';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,7 +24,7 @@ export const INFLUXD_SKIP_NOTE = `influxd not found at ${INFLUXD} (apt-get insta
 
 export interface TestInfluxd {
   readonly port: number;
-  /** `http://127.0.0.1:<port>` */
+  /** `http://127.0.0.1:<port>` (`https://` with `tls`) */
   readonly url: string;
   /** Starts (again) on the same ports and folders; resolves once /ping answers 204. */
   start(): Promise<void>;
@@ -55,6 +56,27 @@ export interface InfluxdOptions {
    * statement while no user exists); `query()` then authenticates as admin.
    */
   readonly auth?: { readonly adminPassword: string };
+  /** `[http] https-enabled` with this certificate and key (PEM files); `ca` (PEM text) is trusted by the helper's own requests. */
+  readonly tls?: { readonly certFile: string; readonly keyFile: string; readonly ca: string };
+}
+
+/** A request to influxd: plain fetch, or node:https trusting the test CA (fetch cannot take one). */
+async function influxRequest(url: string, method: 'GET' | 'POST', ca: string | undefined): Promise<{ status: number; text: string }> {
+  if (ca === undefined) {
+    const res = await fetch(url, { method, signal: AbortSignal.timeout(5000) });
+    return { status: res.status, text: await res.text() };
+  }
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(url, { method, ca, timeout: 5000 }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (text += chunk));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 /** Starts an influxd on free ports on 127.0.0.1 with reporting and the internal monitor off. */
@@ -87,19 +109,21 @@ export async function startInfluxd(options: InfluxdOptions = {}): Promise<TestIn
       `  bind-address = "127.0.0.1:${port}"`,
       '  log-enabled = false',
       `  auth-enabled = ${options.auth ? 'true' : 'false'}`,
+      ...(options.tls
+        ? ['  https-enabled = true', `  https-certificate = "${options.tls.certFile}"`, `  https-private-key = "${options.tls.keyFile}"`]
+        : []),
       '[logging]',
       '  level = "error"',
       '',
     ].join('\n'),
   );
-  const url = `http://127.0.0.1:${port}`;
+  const url = `${options.tls ? 'https' : 'http'}://127.0.0.1:${port}`;
   let child: ChildProcess | null = null;
   let exitedEarly: string | null = null;
 
   const ping = async (): Promise<boolean> => {
     try {
-      const res = await fetch(`${url}/ping`, { signal: AbortSignal.timeout(1000) });
-      return res.status === 204;
+      return (await influxRequest(`${url}/ping`, 'GET', options.tls?.ca)).status === 204;
     } catch {
       return false;
     }
@@ -150,9 +174,9 @@ export async function startInfluxd(options: InfluxdOptions = {}): Promise<TestIn
       params.set('u', 'admin');
       params.set('p', options.auth.adminPassword);
     }
-    const res = await fetch(`${url}/query?${params}`, { method: 'POST' });
-    if (!res.ok) throw new Error(`influx query failed: ${res.status} ${await res.text()}`);
-    return (await res.json()) as InfluxQueryResult;
+    const res = await influxRequest(`${url}/query?${params}`, 'POST', options.tls?.ca);
+    if (res.status !== 200) throw new Error(`influx query failed: ${res.status} ${res.text}`);
+    return JSON.parse(res.text) as InfluxQueryResult;
   };
 
   await start();

@@ -2,7 +2,8 @@
  * The InfluxDB feeder against a real influxd 1.x (Debian package `influxdb`; `.ci/run` installs
  * it), started per test on free ports with its own folders (test/helpers/influxd.ts).
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -287,6 +288,58 @@ describe.skipIf(!INFLUXD_AVAILABLE)('InfluxDB feeder with authentication (real i
     } finally {
       await gateway.stop();
       await influxd.close();
+    }
+  });
+});
+
+/** openssl makes the test CA and server certificate; without it the TLS test is skipped. */
+function hasOpenssl(): boolean {
+  try {
+    execFileSync('openssl', ['version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe.skipIf(!INFLUXD_AVAILABLE || !hasOpenssl())('InfluxDB feeder over https (real influxd 1.x)', () => {
+  it('trusts the hospital CA from caFile, and refuses a server it cannot verify', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mdi-influx-tls-'));
+    const run = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
+    run('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=mdi test CA');
+    run('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=127.0.0.1');
+    writeFileSync(join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1\n');
+    run('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.pem', '-days', '2', '-extfile', 'san.ext');
+    const caFile = join(dir, 'ca.pem');
+    const influxd = await startInfluxd({ tls: { certFile: join(dir, 'server.pem'), keyFile: join(dir, 'server.key'), ca: readFileSync(caFile, 'utf8') } });
+    const store = new SqliteStore({ file: join(dir, 'mdi.sqlite'), synchronous: 'normal' });
+    const feeders: InfluxFeeder[] = [];
+    const start = async (extra: { caFile?: string }) => {
+      const config = parseConfig({ store: { influx: { url: influxd.url, ...extra, pollIntervalMs: 20, retry: { initialDelayMs: 20, maxDelayMs: 100 } } } });
+      const f = await createInfluxFeeder({ settings: config.store.influx!, store, log: silentLogger() });
+      feeders.push(f);
+      f.start();
+      return f;
+    };
+    try {
+      expect(influxd.url).toMatch(/^https:/);
+      await store.commit({ received: Date.now(), source: 'test', message: null, observations: [reading(0)], deadLetters: [] });
+
+      const untrusting = await start({});
+      await until('a refused connection', () => untrusting.status().consecutiveFailures >= 2);
+      expect(untrusting.status()).toMatchObject({ reachable: false, pointsWritten: 0, lag: 1 });
+      expect(untrusting.status().lastError?.message).toMatch(/certificate/i);
+      await untrusting.stop();
+
+      const trusting = await start({ caFile });
+      await until('caught up', () => trusting.status().lag === 0);
+      expect(trusting.status()).toMatchObject({ reachable: true, pointsWritten: 1 });
+      expect(rows(await influxd.query('SELECT count(value) FROM vitals', 'mdi'))[0]?.count).toBe(1);
+    } finally {
+      for (const f of feeders) await f.stop();
+      await store.close();
+      await influxd.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -33,6 +33,8 @@ export const InfluxSettings = z
     retentionPolicy: influxName.optional(),
     /** `CREATE DATABASE` at start (idempotent; needs admin rights, a refusal is logged, not fatal). */
     createDatabase: z.boolean().default(true),
+    /** Extra CA certificates (PEM) trusted for an https `url`, beside the system ones (a hospital CA). */
+    caFile: z.string().min(1).optional(),
     username: z.string().min(1).max(256).optional(),
     /** Prefer `passwordFile` (a mounted secret): a password here sits in the config file. */
     password: z.string().max(1024).optional(),

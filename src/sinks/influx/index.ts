@@ -11,6 +11,7 @@
  * The gateway loads this module (and the `influx` client) only when `store.influx` is set.
  */
 import { readFileSync } from 'node:fs';
+import { rootCertificates } from 'node:tls';
 import type { ISingleHostConfig } from 'influx';
 import type { Logger } from '../../log.js';
 import type { InfluxSettings } from './config.js';
@@ -54,8 +55,8 @@ const NEVER_DISABLE: IBackoffStrategy = {
 
 /**
  * Builds the feeder and its InfluxDB client (the `influx` package, loaded here). Reads
- * `passwordFile` now; starts nothing until `start()`.
- * @throws {Error} when `passwordFile` cannot be read.
+ * `passwordFile` and `caFile` now; starts nothing until `start()`.
+ * @throws {Error} when `passwordFile` or `caFile` cannot be read.
  */
 export async function createInfluxFeeder(options: CreateInfluxFeederOptions): Promise<InfluxFeeder> {
   const s = options.settings;
@@ -69,6 +70,8 @@ export async function createInfluxFeeder(options: CreateInfluxFeederOptions): Pr
     port: url.port !== '' ? Number(url.port) : https ? 443 : 80,
     protocol: https ? 'https' : 'http',
     path: url.pathname.replace(/\/+$/, ''),
+    // Added to the system CAs, not instead of them (Node's `ca` replaces the default list).
+    ...(s.caFile !== undefined ? { options: { ca: [...rootCertificates, readFileSync(s.caFile, 'utf8')] } } : {}),
     database: s.database,
     ...(s.username !== undefined ? { username: s.username } : {}),
     ...(password !== undefined ? { password } : {}),
