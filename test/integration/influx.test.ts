@@ -186,6 +186,21 @@ describe.skipIf(!INFLUXD_AVAILABLE)('InfluxDB feeder (real influxd 1.x)', () => 
     expect(r[0]?.count).toBe(3);
   });
 
+  it('writes into a retention policy; points older than it are refused for good, counted, and do not block the rest', async () => {
+    await influxd.query('CREATE DATABASE mdi');
+    await influxd.query('CREATE RETENTION POLICY one_hour ON mdi DURATION 1h REPLICATION 1');
+    const now = Date.now();
+    await commit([reading(0, { time: now - 3 * 3_600_000 }), reading(1, { time: now - 2 * 3_600_000 }), reading(2, { time: now - 1000 }), reading(3, { time: now })]);
+    const config = parseConfig({ store: { influx: { url: influxd.url, retentionPolicy: 'one_hour', pollIntervalMs: 20, retry: { initialDelayMs: 20, maxDelayMs: 100 } } } });
+    feeder = await createInfluxFeeder({ settings: config.store.influx!, store, log: silentLogger() });
+    feeder.start();
+    const f = feeder;
+    await until('the feeder to pass the batch', () => f.status().lag === 0);
+    expect(f.status()).toMatchObject({ pointsWritten: 2, refusedPoints: 2, cursor: 4, retentionPolicy: 'one_hour' });
+    expect(f.status().lastError?.message).toMatch(/beyond retention policy/);
+    expect(rows(await influxd.query('SELECT count(value) FROM mdi.one_hour.vitals', 'mdi'))[0]?.count).toBe(2);
+  });
+
   it('is fed by a gateway with store.influx, and no patient identity reaches InfluxDB', async () => {
     await store.close();
     gateway = await startTestGateway({
