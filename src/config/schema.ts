@@ -139,8 +139,11 @@ export const MqttConfig = z.strictObject({
   maxPayloadBytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(256 * 1024),
   broker: z
     .strictObject({
-      /** The embedded broker (aedes, MQTT 3.1.1) for devices that connect to the gateway itself. */
-      enabled: z.boolean().default(false),
+      /**
+       * The embedded broker (aedes, MQTT 3.1.1) for devices that connect to the gateway itself.
+       * On by default (the embedded defaults); it admits only the devices listed below.
+       */
+      enabled: z.boolean().default(true),
       port: port.default(1883),
       host: host.default('0.0.0.0'),
       /** Largest MQTT packet (bytes): a connection announcing a larger one is closed before anything is buffered. */

@@ -27,8 +27,11 @@ export async function startChildGateway(dataDir: string, extraYaml = ''): Promis
     configFile,
     `dataDir: ${JSON.stringify(dataDir)}\nhttp: { port: 0, host: 127.0.0.1 }\nmllp: { port: 0, host: 127.0.0.1 }\n${extraYaml || 'fhir: { enabled: false }\n'}`,
   );
+  // The embedded MQTT broker stays off unless the config asks for it (it would bind 1883).
+  const env = /\bbroker\b/.test(extraYaml) ? process.env : { ...process.env, MDI_MQTT_BROKER_ENABLED: 'false' };
   const child = spawn(process.execPath, ['--import', 'tsx', join(PACKAGE_ROOT, 'src/main.ts'), 'start', '--config', configFile], {
     cwd: PACKAGE_ROOT,
+    env,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const lines: string[] = [];

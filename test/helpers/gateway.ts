@@ -16,9 +16,9 @@ export interface TestGateway {
 }
 
 /**
- * A gateway on free ports (0) and a fresh temp data folder. Charting is off unless the test
- * turns it on (the FHIR tests do): these tests are about ingest, and a stand-in EPJ on a fixed
- * port would collide between test files running in parallel.
+ * A gateway on free ports (0) and a fresh temp data folder. Charting and the embedded MQTT
+ * broker are off unless the test turns them on: a stand-in EPJ or a broker on its fixed
+ * default port would collide between test files running in parallel.
  */
 export async function startTestGateway(overrides: ConfigInput = {}): Promise<TestGateway> {
   const dataDir = mkdtempSync(join(tmpdir(), 'mdi-gw-'));
@@ -26,6 +26,8 @@ export async function startTestGateway(overrides: ConfigInput = {}): Promise<Tes
     dataDir,
     fhir: { enabled: false },
     ...overrides,
+    // The embedded MQTT broker stays off unless asked for: it would bind 1883 in every test.
+    mqtt: { ...overrides.mqtt, broker: { enabled: false, ...overrides.mqtt?.broker } },
     http: { port: 0, host: '127.0.0.1', ...overrides.http },
     mllp: { port: 0, host: '127.0.0.1', ...overrides.mllp },
     log: { level: 'silent' },
