@@ -156,6 +156,53 @@ describe('InfluxFeeder (fake client)', () => {
     expect(feeder.status()).toMatchObject({ reachable: true, pointsWritten: 3, consecutiveFailures: 0, cursor: 3 });
   });
 
+  it('creates the database again when influxd says it is missing, then writes the same batch', async () => {
+    store = new SqliteStore({ file: ':memory:' });
+    const client = new FakeInflux();
+    let exists = false;
+    let creates = 0;
+    client.createDatabase = async () => {
+      creates++;
+      exists = true;
+    };
+    const write = client.writePoints.bind(client);
+    client.writePoints = async (points, options) => {
+      if (!exists) throw Object.assign(new Error('A 404 Not Found error occurred: {"error":"database not found: \\"mdi\\""}'), { res: { statusCode: 404 } });
+      return write(points, options);
+    };
+    feeder = new InfluxFeeder(options, client, store, createLogger({ level: 'silent' }));
+    await commit([1, 2]);
+    feeder.start();
+    await until(() => feeder!.status().lag === 0);
+    exists = false; // dropped by an operator while the gateway runs
+    await commit([3]);
+    await until(() => feeder!.status().lag === 0);
+    expect(creates).toBe(2);
+    expect(client.written.map((p) => p.fields!.value)).toEqual([1, 2, 3]);
+  });
+
+  it('on stop, lets the write in flight finish and moves the cursor only if it was acknowledged', async () => {
+    store = new SqliteStore({ file: ':memory:' });
+    const client = new FakeInflux();
+    let release: (() => void) | null = null;
+    const write = client.writePoints.bind(client);
+    client.writePoints = async (points, opts) => {
+      await new Promise<void>((resolve) => (release = resolve));
+      return write(points, opts);
+    };
+    feeder = new InfluxFeeder(options, client, store, createLogger({ level: 'silent' }));
+    await commit([1, 2]);
+    feeder.start();
+    await until(() => release !== null); // the write is in flight
+    const stopping = feeder.stop();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(store.cursor(INFLUX_CURSOR)).toBe(0);
+    release!();
+    await stopping;
+    expect(store.cursor(INFLUX_CURSOR)).toBe(2);
+    expect(client.written).toHaveLength(2);
+  });
+
   it('isolates a refused point by splitting the batch, skips readings without a value, and goes on', async () => {
     store = new SqliteStore({ file: ':memory:' });
     const client = new FakeInflux();
