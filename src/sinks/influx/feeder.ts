@@ -126,8 +126,8 @@ export function toInfluxPoint(o: Observation): IPoint | null {
   return { measurement: INFLUX_MEASUREMENT, tags, fields, timestamp: String(Math.trunc(o.time)) };
 }
 
-/** How a failed request is treated. */
-type Failure =
+/** How the feeder treats a failed request (see `classifyInfluxError`). */
+export type InfluxFailure =
   /** influxd stored what it could of the request and refused the rest for good (HTTP 400 "partial write"). */
   | { readonly kind: 'partial'; readonly dropped: number; readonly message: string }
   /** influxd refused the whole request for its content (other 400, 413): split it to find the bad point. */
@@ -138,7 +138,7 @@ type Failure =
   | { readonly kind: 'retry'; readonly answered: boolean; readonly message: string };
 
 /** Classifies an error of the `influx` package (RequestError carries `res.statusCode`). */
-export function classifyInfluxError(err: unknown): Failure {
+export function classifyInfluxError(err: unknown): InfluxFailure {
   const e = err as { message?: unknown; res?: { statusCode?: unknown }; code?: unknown };
   const message = typeof e?.message === 'string' && e.message !== '' ? e.message : String(err);
   const status = typeof e?.res?.statusCode === 'number' ? e.res.statusCode : null;
@@ -330,7 +330,7 @@ export class InfluxFeeder {
     }
   }
 
-  private failed(failure: Failure, what: string): 'failed' {
+  private failed(failure: InfluxFailure, what: string): 'failed' {
     this.reachable = failure.kind === 'retry' ? failure.answered : true;
     this.recordError(`${what}: ${failure.message}`);
     // One line per failure is bounded by the backoff (at most one per `retry.maxDelayMs` once it has grown).

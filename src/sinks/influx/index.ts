@@ -27,6 +27,7 @@ export {
   tagValue,
   toInfluxPoint,
   type InfluxClient,
+  type InfluxFailure,
   type InfluxFeedStore,
   type InfluxFeederOptions,
   type InfluxFeederStatus,
