@@ -132,9 +132,10 @@ const SPECIAL_MAX = 8388610;
 const CPR_OID = '1.2.208.176.1.2';
 const CPR_TYPE = 'NNDNK';
 
-// A PID-3 id that is a placeholder, not a patient ("Unknown Patient", "0", "N/A").
+// An ISO OID (assigning authority in CX-4).
 const OID = /^\d+(?:\.\d+)+$/;
 
+// A PID-3 id that is a placeholder, not a patient ("Unknown Patient", "0", "N/A", `""`).
 const PLACEHOLDER_ID = /^(?:unknown|ukendt|none|null|n\/?a|x+|0+|-+|\?+|"")$/i;
 
 const enum ValueType {
@@ -256,7 +257,8 @@ const TEMPLATE_PROBE = 12;
  * Row templates: the bytes of an OBX from OBX-2 up to OBX-5 ("head"), from the end of OBX-5 up
  * to OBX-14 ("tail") and from the end of OBX-14 to the end of the segment ("rest"), with what
  * they mean. A monitor repeats its rows with only the value and the time changing, so a hit
- * replaces the field scan and three cache lookups by three comparisons, four bytes at a time.
+ * replaces the field scan, three cache lookups and the search for the line end by three
+ * comparisons, eight bytes at a time.
  */
 class TemplateCache {
   private readonly slab = new Uint8Array((TEMPLATE_WAYS << TEMPLATE_SET_BITS) * TEMPLATE_WIDTH);
@@ -708,6 +710,7 @@ export function decodePcd01Message(msg: Hl7Message, options?: Pcd01Options): Pcd
       if (s0 < 0) break;
       if (bytes[s0] === 0x4f && bytes[s0 + 1] === 0x42 && bytes[s0 + 2] === 0x58 && bytes[s0 + 3] === fs && d.predictObx(i, s0)) continue;
       if (!msg.indexNextSegment()) break;
+      s0 = msg.segmentStart(i);
     }
     const b0 = bytes[s0];
     const b1 = bytes[s0 + 1];
