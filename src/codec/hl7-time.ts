@@ -1,9 +1,10 @@
 /**
  * HL7 v2 date/time (DTM, and component 1 of the older TS) ⇄ epoch milliseconds with a UTC offset.
  *
- * A DTM without an offset is local time of the sender; the gateway resolves it in a configured
- * IANA zone (default `Europe/Copenhagen`). Zone offsets come from `Intl` once per UTC hour and
- * are cached, so the steady state never calls `Intl` (see `ZoneOffsets`).
+ * A DTM without an offset is local time of the sender; the gateway resolves it with a
+ * `TimeZoneRule`: a configured IANA zone (default `Europe/Copenhagen`, `ZoneOffsets`) or a fixed
+ * offset (`fixedOffset`, e.g. the sender's own offset from MSH-7). Zone offsets come from `Intl`
+ * once per UTC hour and are cached, so the steady state never calls `Intl`.
  *
  * HL7 v2.6 2.A.22 DTM: `YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]`.
  */
