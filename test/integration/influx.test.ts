@@ -186,6 +186,20 @@ describe.skipIf(!INFLUXD_AVAILABLE)('InfluxDB feeder (real influxd 1.x)', () => 
     expect(r[0]?.count).toBe(3);
   });
 
+  it('doubles nothing on a replay (a crash between the acknowledged write and the cursor move)', async () => {
+    await commit(Array.from({ length: 300 }, (_, i) => reading(i)));
+    const first = await startFeeder();
+    await until('caught up', () => first.status().lag === 0);
+    await first.stop();
+    feeder = null;
+    store.setCursor(INFLUX_CURSOR, 0); // as if the cursor moves had been lost
+    const second = await startFeeder();
+    await until('caught up again', () => second.status().lag === 0);
+    expect(second.status().pointsWritten).toBe(300);
+    const r = rows(await influxd.query('SELECT count(value), sum(value) FROM vitals', 'mdi'));
+    expect(r[0]).toMatchObject({ count: 300, sum: (300 * 301) / 2 });
+  });
+
   it('writes into a retention policy; points older than it are refused for good, counted, and do not block the rest', async () => {
     await influxd.query('CREATE DATABASE mdi');
     await influxd.query('CREATE RETENTION POLICY one_hour ON mdi DURATION 1h REPLICATION 1');
