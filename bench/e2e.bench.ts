@@ -1,13 +1,13 @@
 /**
  * End-to-end benchmark: PCD-01 simulator → MLLP → decode → normalize → SQLite commit → ACK.
  *
- *   npx tsx bench/e2e.bench.ts [--seconds 15] [--profile obx20]
+ *   npx tsx bench/e2e.bench.ts [--seconds 15] [--profile obx20] [--rate 5000] [--devices 500]
  *
  * The gateway runs as its own process (as in production; here from the TypeScript sources via
  * tsx) on its embedded defaults (SQLite, synchronous=full, group commit) in a temp folder; the
  * simulator runs in this process. Two runs:
  *  1. saturation: a few connections with a pipelining window, as fast as ACKs allow;
- *  2. offered load: 500 devices, one message in flight each (like real device gateways), at a
+ *  2. offered load: `--devices` devices (default 500), one message in flight each (like real device gateways), at a
  *     fixed total rate (default 5,000 msgs/s) — the target is ACK p99 < 50 ms at that rate.
  * Prints a Markdown table with the machine, Node version and command.
  */
@@ -23,11 +23,13 @@ const { values } = parseArgs({
     seconds: { type: 'string', default: '15' },
     profile: { type: 'string', default: 'obx20' },
     rate: { type: 'string', default: '5000' },
+    devices: { type: 'string', default: '500' },
   },
 });
 const seconds = Number(values.seconds);
 const profile = values.profile as Pcd01Profile;
 const offered = Number(values.rate);
+const offeredDevices = Number(values.devices);
 
 interface Row {
   scenario: string;
@@ -59,17 +61,17 @@ async function scenario(name: string, options: { devices: number; window: number
 const rows: Row[] = [];
 rows.push(await scenario('saturation: 8 connections, window 16', { devices: 8, window: 16, rate: 0 }));
 rows.push(
-  await scenario(`offered ${offered} msgs/s: 500 devices × ${offered / 500}/s, window 1`, {
-    devices: 500,
+  await scenario(`offered ${offered} msgs/s: ${offeredDevices} devices × ${offered / offeredDevices}/s, window 1`, {
+    devices: offeredDevices,
     window: 1,
-    rate: offered / 500,
+    rate: offered / offeredDevices,
   }),
 );
 
 const cpu = cpus()[0]?.model ?? 'unknown CPU';
 console.log(`\n## End to end: simulator → MLLP → committed → ACK (${profile} messages)\n`);
 console.log(`Machine: ${cpu}, ${cpus().length} cores; Node ${process.version}; ${new Date().toISOString().slice(0, 10)}`);
-console.log(`Command: npx tsx bench/e2e.bench.ts --seconds ${seconds} --profile ${profile} --rate ${offered}\n`);
+console.log(`Command: npx tsx bench/e2e.bench.ts --seconds ${seconds} --profile ${profile} --rate ${offered} --devices ${offeredDevices}\n`);
 console.log('| scenario | acked msgs/s | AA | AE+AR | timeouts | ACK p50 ms | p95 ms | p99 ms | max ms |');
 console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
 for (const { scenario: name, report: r } of rows) {
