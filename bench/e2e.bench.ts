@@ -39,6 +39,13 @@ interface Row {
 async function scenario(name: string, options: { devices: number; window: number; rate: number }): Promise<Row> {
   const dataDir = mkdtempSync(join(tmpdir(), 'mdi-e2e-'));
   const gw = await startChildGateway(dataDir);
+  // An interrupted bench (Ctrl-C, timeout) must not leave its gateway running.
+  const abort = () => {
+    gw.child.kill('SIGKILL');
+    process.exit(130);
+  };
+  process.once('SIGINT', abort);
+  process.once('SIGTERM', abort);
   try {
     // Warm-up: JIT the decode path and the SQLite statements before measuring.
     await runPcd01Simulation({ port: gw.mllpPort, devices: 4, rate: 0, window: 8, count: 4000, profile, seed: 1 });
@@ -53,6 +60,8 @@ async function scenario(name: string, options: { devices: number; window: number
     });
     return { scenario: name, report };
   } finally {
+    process.off('SIGINT', abort);
+    process.off('SIGTERM', abort);
     await gw.terminate();
     rmSync(dataDir, { recursive: true, force: true });
   }
