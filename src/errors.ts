@@ -18,6 +18,10 @@ export const ErrorCode = {
   HL7_BAD_TIME: 'MDI_ERR_HL7_BAD_TIME',
   HL7_BAD_VALUE: 'MDI_ERR_HL7_BAD_VALUE',
   HL7_BAD_SEGMENT: 'MDI_ERR_HL7_BAD_SEGMENT',
+  /** A segment the message needs is absent (an ORU without OBX). */
+  HL7_MISSING_SEGMENT: 'MDI_ERR_HL7_MISSING_SEGMENT',
+  /** A segment was broken over several lines (a capture that wrapped it); the lines were joined. */
+  HL7_WRAPPED_SEGMENT: 'MDI_ERR_HL7_WRAPPED_SEGMENT',
   // Normalization / validation
   MAPPING_UNKNOWN_UNIT: 'MDI_ERR_MAPPING_UNKNOWN_UNIT',
   MAPPING_BAD_ROW: 'MDI_ERR_MAPPING_BAD_ROW',

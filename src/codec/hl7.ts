@@ -627,7 +627,7 @@ export class Hl7Message {
             const name = latin1(b, segStart, Math.min(segStart + 3, segEnd));
             this.warn(
               hl7Problem(
-                ErrorCode.HL7_BAD_SEGMENT,
+                ErrorCode.HL7_WRAPPED_SEGMENT,
                 '100',
                 name === 'MSH' ? 'MSH' : `${name}[${this.occurrence(n / 2)}]`,
                 `${name} segment is broken over more than one line; the lines were joined`,

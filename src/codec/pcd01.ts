@@ -728,7 +728,7 @@ export function decodePcd01Message(msg: Hl7Message, options?: Pcd01Options): Pcd
       d.measurements,
       problems,
       d.rejectedRows,
-      hl7Problem(ErrorCode.HL7_BAD_SEGMENT, Hl7ErrorCondition.SEGMENT_SEQUENCE_ERROR, 'OBX', 'the message has no OBX segment: no observations to store'),
+      hl7Problem(ErrorCode.HL7_MISSING_SEGMENT, Hl7ErrorCondition.SEGMENT_SEQUENCE_ERROR, 'OBX', 'the message has no OBX segment: no observations to store'),
     );
   }
   return done(msg, header, d.measurements, problems, d.rejectedRows, null);

@@ -136,7 +136,7 @@ describe('Hl7Message.parse: segment boundaries', () => {
     expect(m.header!.wasContinued).toBe(true);
     expect(m.segmentContinued(0)).toBe(true);
     expect(m.segmentContinued(1)).toBe(false);
-    expect(m.warnings).toEqual([expect.objectContaining({ code: ErrorCode.HL7_BAD_SEGMENT, location: 'MSH', severity: 'W' })]);
+    expect(m.warnings).toEqual([expect.objectContaining({ code: ErrorCode.HL7_WRAPPED_SEGMENT, location: 'MSH', severity: 'W' })]);
   });
 
   it('names the segment occurrence of a wrapped non-MSH segment', () => {

@@ -197,7 +197,7 @@ describe.skipIf(!present)(TITLE, () => {
     const all = decodeAll('bbraun-spaceplus-ihe-pcd-captures.hl7');
     const live = all[10]!;
     expect(live.header!.controlId).toBe('639070847165381484276804');
-    expect(live.problems).toEqual([expect.objectContaining({ code: ErrorCode.HL7_BAD_SEGMENT, severity: 'W' })]);
+    expect(live.problems).toEqual([expect.objectContaining({ code: ErrorCode.HL7_WRAPPED_SEGMENT, severity: 'W' })]);
     const ack = Hl7Message.parse(buildAck(live.header, AckCode.AA, []));
     expect(ack.firstSegment('MSA')!.get(2)).toBe('639070847165381484276804');
     expect(live.measurements.find((m) => m.code === '158014')).toMatchObject({ deviceId: 'I51559', value: 0, unit: 'mL/h', patient: null });

@@ -203,7 +203,7 @@ describe('decodePcd01: character sets and line endings', () => {
     expect(r.header!.controlId).toBe('639070847165381484276804');
     expect(r.header!.charset).toBe('ASCII');
     expect(r.measurements.map((m) => [m.deviceId, m.code, m.value, m.unit])).toEqual([['I51559', '158014', 0, 'mL/h']]);
-    expect(r.problems).toEqual([expect.objectContaining({ code: ErrorCode.HL7_BAD_SEGMENT, severity: 'W', location: 'MSH' })]);
+    expect(r.problems).toEqual([expect.objectContaining({ code: ErrorCode.HL7_WRAPPED_SEGMENT, severity: 'W', location: 'MSH' })]);
   });
 });
 
@@ -238,7 +238,7 @@ describe('decodePcd01: bad rows and bad messages', () => {
     const r = decodePcd01(fixture('pcd01-no-obx.hl7'));
     expect(r.header!.controlId).toBe('NO-OBX-1');
     expect(r.measurements).toEqual([]);
-    expect(r.fatal).toEqual(expect.objectContaining({ code: ErrorCode.HL7_BAD_SEGMENT, hl7Code: '100', location: 'OBX', severity: 'E' }));
+    expect(r.fatal).toEqual(expect.objectContaining({ code: ErrorCode.HL7_MISSING_SEGMENT, hl7Code: '100', location: 'OBX', severity: 'E' }));
   });
 
   it('refuses a message that is not an ORU (table 0357 code 200)', () => {
