@@ -8,6 +8,19 @@ import { InfluxSettings } from '../sinks/influx/config.js';
  */
 
 const port = z.number().int().min(0).max(65535);
+
+/** A device id may appear once in a device list; the issue names the later entry. */
+function uniqueDeviceIds(devices: readonly { deviceId: string }[], ctx: z.RefinementCtx): void {
+  const seen = new Map<string, number>();
+  devices.forEach((d, i) => {
+    const first = seen.get(d.deviceId);
+    if (first !== undefined) {
+      ctx.addIssue({ code: 'custom', path: [i, 'deviceId'], message: `"${d.deviceId}" is already used by device ${first}` });
+    } else {
+      seen.set(d.deviceId, i);
+    }
+  });
+}
 const host = z.string().min(1);
 
 const timeZone = z.string().refine(
@@ -167,13 +180,7 @@ export const MqttConfig = z.strictObject({
         .array(MqttDeviceCredentialConfig)
         .max(100_000)
         .default([])
-        .superRefine((devices, ctx) => {
-          const seen = new Map<string, number>();
-          devices.forEach((d, i) => {
-            if (seen.has(d.deviceId)) ctx.addIssue({ code: 'custom', path: [i, 'deviceId'], message: `"${d.deviceId}" is already used by device ${seen.get(d.deviceId)}` });
-            else seen.set(d.deviceId, i);
-          });
-        }),
+        .superRefine(uniqueDeviceIds),
     })
     .prefault({}),
   /**
@@ -332,10 +339,8 @@ export const SerialConfig = z.strictObject({
     .max(1000)
     .default([])
     .superRefine((devices, ctx) => {
-      const seen = new Map<string, number>();
+      uniqueDeviceIds(devices, ctx);
       devices.forEach((d, i) => {
-        if (seen.has(d.deviceId)) ctx.addIssue({ code: 'custom', path: [i, 'deviceId'], message: `"${d.deviceId}" is already used by device ${seen.get(d.deviceId)}` });
-        else seen.set(d.deviceId, i);
         const where = d.port ?? (d.tcp ? `${d.tcp.host}:${d.tcp.port}` : '');
         const other = devices.findIndex((e, j) => j < i && (e.port ?? (e.tcp ? `${e.tcp.host}:${e.tcp.port}` : '')) === where);
         if (where !== '' && other !== -1) ctx.addIssue({ code: 'custom', path: [i, d.port ? 'port' : 'tcp'], message: `${where} is already used by device ${other}` });

@@ -101,3 +101,24 @@ describe('mdi.example.yaml', () => {
     expect(fromExample).toEqual(loadConfig({ env: {} }));
   });
 });
+
+describe('device lists', () => {
+  it('refuse a device id that appears twice, naming the later entry', () => {
+    const hash = 'scrypt$16384$8$1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNo';
+    const mqtt = errorOf(() =>
+      parseConfig({ mqtt: { broker: { devices: [{ deviceId: 'pump-1', passwordHash: hash }, { deviceId: 'pump-1', passwordHash: hash }] } } }),
+    );
+    expect(mqtt.message).toContain('mqtt.broker.devices.1.deviceId: "pump-1" is already used by device 0');
+    const serial = errorOf(() =>
+      parseConfig({
+        serial: {
+          devices: [
+            { deviceId: 'spo2-1', protocol: 'masimo', port: '/dev/ttyUSB0' },
+            { deviceId: 'spo2-1', protocol: 'masimo', port: '/dev/ttyUSB1' },
+          ],
+        },
+      }),
+    );
+    expect(serial.message).toContain('serial.devices.1.deviceId: "spo2-1" is already used by device 0');
+  });
+});
