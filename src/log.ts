@@ -24,7 +24,13 @@ function scrubValue(value: unknown, depth: number): unknown {
   if (typeof value === 'string') return scrubCpr(value);
   if (depth > 6 || value === null || typeof value !== 'object') return value;
   if (value instanceof Error) {
-    return { type: value.name, message: scrubCpr(value.message), code: (value as { code?: unknown }).code };
+    // Still an Error, so pino's serializer keeps type and stack; message and stack scrubbed.
+    const copy = new Error(scrubCpr(value.message));
+    copy.name = value.name;
+    copy.stack = scrubCpr(value.stack ?? '');
+    const code = (value as { code?: unknown }).code;
+    if (code !== undefined) (copy as Error & { code?: unknown }).code = code;
+    return copy;
   }
   if (Array.isArray(value)) return value.map((v) => scrubValue(v, depth + 1));
   const out: Record<string, unknown> = {};

@@ -301,6 +301,11 @@ export class MqttBrokerDriver implements Driver {
         server.off('error', reject);
         resolve();
       });
+    }).catch((err: NodeJS.ErrnoException) => {
+      // The usual cause is another broker (a system Mosquitto) on the same port: say what to set.
+      throw new Error(
+        `mqtt broker: cannot listen on ${this.options.host}:${port}: ${err.message} (set mqtt.broker.port, or mqtt.broker.enabled: false)`,
+      );
     });
     server.on('error', (err) => this.warn('server', ErrorCode.MQTT_CONNECT_FAILED, `listener error: ${err.message}`));
     const address = server.address();

@@ -38,3 +38,18 @@ describe('log redaction', () => {
     expect(scrubCpr('3112991234')).toBe('******-****');
   });
 });
+
+describe('logged errors', () => {
+  it('keep their type, code and stack (scrubbed)', async () => {
+    const { lines, log } = capture();
+    const err = Object.assign(new Error('lookup failed for 0101901234'), { code: 'MDI_ERR_STORE_FAILED' });
+    log.error({ err }, 'failed');
+    await new Promise((r) => setImmediate(r));
+    const entry = JSON.parse(lines[0]!) as { err: { type: string; message: string; stack: string; code: string } };
+    expect(entry.err.type).toBe('Error');
+    expect(entry.err.code).toBe('MDI_ERR_STORE_FAILED');
+    expect(entry.err.stack).toContain('log.test.ts');
+    expect(entry.err.message).toBe('lookup failed for ******-****');
+    expect(lines[0]).not.toContain('0101901234');
+  });
+});
