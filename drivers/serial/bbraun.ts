@@ -18,9 +18,9 @@
  * other than the mapped weight are dropped here, and values are never logged.
  */
 import { ErrorCode } from '../../src/errors.js';
-import type { VendorCode, VendorCodes } from '../../src/mappings.js';
+import type { VendorCodes } from '../../src/mappings.js';
 import type { DeadLetterInput } from '../../src/model/dead-letter.js';
-import { measurement, Quality, type Measurement } from '../../src/model/measurement.js';
+import { Quality, type Measurement } from '../../src/model/measurement.js';
 import type { TimeZoneRule } from '../../src/codec/hl7-time.js';
 import {
   BCC_ACK,
@@ -33,6 +33,8 @@ import {
   type FramerReject,
 } from './framers.js';
 import { framerDeadLetter, type LineDefaults, type ProtocolSession, type SessionIo } from './session.js';
+import { sleep } from '../../src/reconnect.js';
+import { vendorMeasurement } from './vendor-measurement.js';
 
 /** Coding system of BCC parameters that have no MDC code (`BBRAUN-BCC:INP2`). */
 export const BCC_SYSTEM = 'BBRAUN-BCC';
@@ -199,7 +201,7 @@ export function decodeBccBlock(info: Uint8Array, ctx: BccDecodeContext): BccDeco
       continue;
     }
     const make = (value: number, text: string | null, flags: number) =>
-      bccMeasurement(deviceId, r.parameter, def, value, text, time, tzOffset, flags);
+      vendorMeasurement(BCC_SYSTEM, deviceId, r.parameter, def, value, text, time, tzOffset, flags);
     if (kind === 'numeric') {
       if (absent) {
         readings.push(make(Number.NaN, null, Quality.INVALID));
@@ -225,33 +227,6 @@ export function decodeBccBlock(info: Uint8Array, ctx: BccDecodeContext): BccDeco
     states.push(make(numeric, text, flags));
   }
   return { readings, states, identity, aliveAck, deviceErrors, problems, personalDropped };
-}
-
-function bccMeasurement(
-  deviceId: string,
-  parameter: string,
-  def: VendorCode | undefined,
-  value: number,
-  text: string | null,
-  time: number,
-  tzOffset: number,
-  flags: number,
-): Measurement {
-  return measurement({
-    deviceId,
-    code: def?.mdc ? String(def.mdc.cf) : parameter,
-    system: def?.mdc ? 'MDC' : BCC_SYSTEM,
-    refid: def?.mdc ? def.mdc.refid : '',
-    value,
-    text,
-    unit: def?.unit ?? '',
-    time,
-    tzOffset,
-    flags,
-    containment: '',
-    patient: null,
-    location: null,
-  });
 }
 
 /** A request (`MEM:GET`) the host sent, as the simulator and `mdi inspect` see it. */
@@ -320,7 +295,8 @@ export class BbraunSession implements ProtocolSession {
   private waiter: ((item: Incoming | null) => void) | null = null;
   private waitTimer: NodeJS.Timeout | null = null;
   private closed = false;
-  private wake: (() => void) | null = null;
+  /** Aborted when the link closes: ends any pause at once. */
+  private readonly closing = new AbortController();
   private header = DEFAULT_HEADER;
   private readonly lastState = new Map<string, string>();
   private pendingRejects: DeadLetterInput[] = [];
@@ -358,7 +334,7 @@ export class BbraunSession implements ProtocolSession {
   onClose(): void {
     if (this.closed) return;
     this.closed = true;
-    this.wake?.();
+    this.closing.abort();
     this.deliver(null);
     const pending = this.framer.pending();
     if (pending > 0) this.io.count('truncatedBytes', pending);
@@ -516,20 +492,10 @@ export class BbraunSession implements ProtocolSession {
     waiter(item);
   }
 
-  private pause(ms: number): Promise<void> {
-    if (ms <= 0 || this.closed) return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.wake = null;
-        resolve();
-      }, ms);
-      this.wake = () => {
-        clearTimeout(timer);
-        this.wake = null;
-        resolve();
-      };
-    });
+  private async pause(ms: number): Promise<void> {
+    if (ms > 0 && !this.closed) await sleep(ms, this.closing.signal);
   }
+
 
   private takeRejects(): DeadLetterInput[] {
     const out = this.pendingRejects;

@@ -12,11 +12,12 @@
  */
 import type { TimeZoneRule } from '../../src/codec/hl7-time.js';
 import { ErrorCode } from '../../src/errors.js';
-import type { VendorCode, VendorCodes } from '../../src/mappings.js';
+import type { VendorCodes } from '../../src/mappings.js';
 import type { DeadLetterInput } from '../../src/model/dead-letter.js';
-import { measurement, Quality, type Measurement } from '../../src/model/measurement.js';
+import { Quality, type Measurement } from '../../src/model/measurement.js';
 import { DEFAULT_MAX_LINE_BYTES, LineFramer } from './framers.js';
 import { framerDeadLetter, type LineDefaults, type ProtocolSession, type SessionIo } from './session.js';
+import { vendorMeasurement } from './vendor-measurement.js';
 
 /** Coding system of Masimo keys that have no MDC code (`MASIMO:SPHB`). */
 export const MASIMO_SYSTEM = 'MASIMO';
@@ -209,59 +210,32 @@ export function decodeMasimoLine(line: string, ctx: MasimoDecodeContext): Masimo
       const text = key === 'EXC' ? masimoExceptionNames(bits) || 'none' : bits.toString(16).toUpperCase().padStart(4, '0');
       const flags = kind === 'alarm' && bits !== 0 ? Quality.ABNORMAL : 0;
       // A bit word is not a quantity: it is kept as text (names or hex), never as a number.
-      states.push(reading(ctx, key, def, Number.NaN, text, time, tzOffset, flags));
+      states.push(vendorMeasurement(MASIMO_SYSTEM, ctx.deviceId, key, def, Number.NaN, text, time, tzOffset, flags));
       continue;
     }
     // numeric (also unknown keys) and text
     const value = raw.endsWith('%') ? raw.slice(0, -1) : raw;
     if (value === '' || DASHES.test(value)) {
-      readings.push(reading(ctx, key, def, Number.NaN, null, time, tzOffset, lineFlags | Quality.INVALID));
+      readings.push(vendorMeasurement(MASIMO_SYSTEM, ctx.deviceId, key, def, Number.NaN, null, time, tzOffset, lineFlags | Quality.INVALID));
       continue;
     }
     if (NUMBER.test(value)) {
       const n = Number(value);
       if (sensorFailed || (n === 0 && ZERO_MEANS_ABSENT.has(key))) {
         // Masimo: digits under a sensor exception, or zeros of the trend format, are not readings.
-        readings.push(reading(ctx, key, def, Number.NaN, null, time, tzOffset, lineFlags | Quality.INVALID));
+        readings.push(vendorMeasurement(MASIMO_SYSTEM, ctx.deviceId, key, def, Number.NaN, null, time, tzOffset, lineFlags | Quality.INVALID));
       } else {
-        readings.push(reading(ctx, key, def, n, null, time, tzOffset, lineFlags));
+        readings.push(vendorMeasurement(MASIMO_SYSTEM, ctx.deviceId, key, def, n, null, time, tzOffset, lineFlags));
       }
       continue;
     }
     if (kind === 'text' || def === undefined) {
-      readings.push(reading(ctx, key, def, Number.NaN, value, time, tzOffset, lineFlags));
+      readings.push(vendorMeasurement(MASIMO_SYSTEM, ctx.deviceId, key, def, Number.NaN, value, time, tzOffset, lineFlags));
       continue;
     }
     return fail(ErrorCode.MASIMO_BAD_VALUE, `${clip(key)} value is neither a number nor dashes`);
   }
   return { readings, states, identity, problems, fatal: null };
-}
-
-function reading(
-  ctx: MasimoDecodeContext,
-  key: string,
-  def: VendorCode | undefined,
-  value: number,
-  text: string | null,
-  time: number,
-  tzOffset: number,
-  flags: number,
-): Measurement {
-  return measurement({
-    deviceId: ctx.deviceId,
-    code: def?.mdc ? String(def.mdc.cf) : key,
-    system: def?.mdc ? 'MDC' : MASIMO_SYSTEM,
-    refid: def?.mdc ? def.mdc.refid : '',
-    value,
-    text,
-    unit: def?.unit ?? '',
-    time,
-    tzOffset,
-    flags,
-    containment: '',
-    patient: null,
-    location: null,
-  });
 }
 
 /** `000C00`, `C00:LowSigIQ,SET` (trend format names the bits after a colon) → number. */

@@ -27,6 +27,8 @@ import {
   type MedibusFrame,
 } from './framers.js';
 import { framerDeadLetter, type LineDefaults, type ProtocolSession, type SessionIo } from './session.js';
+import { sleep } from '../../src/reconnect.js';
+import { vendorMeasurement } from './vendor-measurement.js';
 
 /** Coding system of MEDIBUS data codes that have no MDC code (`MEDIBUS:cp1:B5`). */
 export const MEDIBUS_SYSTEM = 'MEDIBUS';
@@ -144,23 +146,7 @@ function decodeMeasuredData(data: Buffer, codepage: 1 | 2, ctx: MedibusDecodeCon
       out.problems.push({ code: ErrorCode.MEDIBUS_BAD_DATA, reason: `value of ${key} is not a number`, location: key });
       continue;
     }
-    out.measurements.push(
-      measurement({
-        deviceId: ctx.deviceId,
-        code: def?.mdc ? String(def.mdc.cf) : key,
-        system: def?.mdc ? 'MDC' : MEDIBUS_SYSTEM,
-        refid: def?.mdc ? def.mdc.refid : '',
-        value,
-        text: null,
-        unit: def?.unit ?? '',
-        time: ctx.time,
-        tzOffset: ctx.tzOffset,
-        flags,
-        containment: '',
-        patient: null,
-        location: null,
-      }),
-    );
+    out.measurements.push(vendorMeasurement(MEDIBUS_SYSTEM, ctx.deviceId, key, def, value, null, ctx.time, ctx.tzOffset, flags));
   }
   if (data.length % 6 !== 0) {
     out.problems.push({
@@ -302,7 +288,8 @@ export class MedibusSession implements ProtocolSession {
   private readonly resumeWaiters: (() => void)[] = [];
   private lastSent = 0;
   private readonly keepAliveTimer: NodeJS.Timeout;
-  private wake: (() => void) | null = null;
+  /** Aborted when the link closes: ends any pause at once. */
+  private readonly closing = new AbortController();
   private activeAlarms = new Map<string, MedibusAlarm>();
   private pendingRejects: DeadLetterInput[] = [];
 
@@ -350,7 +337,7 @@ export class MedibusSession implements ProtocolSession {
     this.closed = true;
     clearInterval(this.keepAliveTimer);
     this.finishOutstanding(null);
-    this.wake?.();
+    this.closing.abort();
     for (const waiter of this.slotWaiters.splice(0)) waiter();
     for (const waiter of this.resumeWaiters.splice(0)) waiter();
     const pending = this.framer.pending();
@@ -529,20 +516,10 @@ export class MedibusSession implements ProtocolSession {
   }
 
   /** Waits `ms` (or until close). */
-  private pause(ms: number): Promise<void> {
-    if (ms <= 0 || this.closed) return Promise.resolve();
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.wake = null;
-        resolve();
-      }, ms);
-      this.wake = () => {
-        clearTimeout(timer);
-        this.wake = null;
-        resolve();
-      };
-    });
+  private async pause(ms: number): Promise<void> {
+    if (ms > 0 && !this.closed) await sleep(ms, this.closing.signal);
   }
+
 
   private takeRejects(): DeadLetterInput[] {
     const out = this.pendingRejects;
