@@ -327,6 +327,13 @@ export class SerialDeviceDriver implements Driver {
   }
 
   private checkSilence(): void {
+    // An adapter that died without the system reporting a close: reopen the path afresh (the
+    // port stays open through a mere pause of the device, whose node is still the same).
+    if (this.link?.vanished?.()) {
+      this.ctx.log.info({ port: this.options.link.address }, 'serial port node vanished or replaced; reopening');
+      void this.link.close();
+      return;
+    }
     if (this.state !== DriverState.UP || this.lastFrameAt === null) return;
     const silent = Date.now() - this.lastFrameAt;
     if (silent < this.options.silenceTimeoutMs) return;

@@ -21,6 +21,12 @@ export interface Link {
   resume(): void;
   /** Closes the link; resolves once `onClose` has been called. Idempotent. */
   close(): Promise<void>;
+  /**
+   * True when what the link was opened on is gone or replaced (the port's device node vanished
+   * or is another node now) although no close was reported: some adapters (and pty pairs) die
+   * silently. Absent for links that always report their close (TCP).
+   */
+  vanished?(): boolean;
 }
 
 /** What a link reports to the driver. */

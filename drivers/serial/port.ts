@@ -2,7 +2,7 @@
  * Serial ports through the real `serialport` bindings: open with the configured line settings,
  * report a vanished port as a close, and list ports also where udev is missing.
  */
-import { existsSync, readdirSync, readlinkSync } from 'node:fs';
+import { existsSync, readdirSync, readlinkSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { SerialPort } from 'serialport';
 import { ErrorCode } from '../../src/errors.js';
@@ -107,7 +107,11 @@ function openSerial(settings: SerialLineSettings, events: LinkEvents, signal: Ab
         for (const waiter of closeWaiters) waiter();
         closeWaiters = [];
       };
+      // The device node we opened (through any symlink): if the path later points nowhere or
+      // to another node, the adapter is gone even when the binding never reported a close.
+      const openedNode = deviceNode(settings.path);
       resolvePromise({
+        vanished: () => openedNode !== null && deviceNode(settings.path) !== openedNode,
         write: (bytes) => {
           if (!closed && port.isOpen) port.write(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
         },
@@ -123,6 +127,16 @@ function openSerial(settings: SerialLineSettings, events: LinkEvents, signal: Ab
       });
     });
   });
+}
+
+/** `dev:ino` of the node a path leads to, or null when it leads nowhere. */
+function deviceNode(path: string): string | null {
+  try {
+    const st = statSync(path);
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return null;
+  }
 }
 
 /** The binding's messages repeat "Error: "; keep them short and free of stack noise. */
