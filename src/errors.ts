@@ -81,6 +81,17 @@ export const ErrorCode = {
   FHIR_UNBOUND: 'MDI_ERR_FHIR_UNBOUND',
   FHIR_OUTBOX: 'MDI_ERR_FHIR_OUTBOX',
   FHIR_DUPLICATE: 'MDI_ERR_FHIR_DUPLICATE',
+  // Device registry, bindings, ADT and API access
+  REGISTRY_NOT_FOUND: 'MDI_ERR_REGISTRY_NOT_FOUND',
+  REGISTRY_CONFLICT: 'MDI_ERR_REGISTRY_CONFLICT',
+  REGISTRY_INVALID: 'MDI_ERR_REGISTRY_INVALID',
+  /** A binding or bed occupancy would overlap another one of the same device or bed. */
+  BINDING_OVERLAP: 'MDI_ERR_BINDING_OVERLAP',
+  /** An ADT event that cannot be applied (cancel of an unknown admit, no location, …). */
+  ADT_NOT_APPLICABLE: 'MDI_ERR_ADT_NOT_APPLICABLE',
+  AUTH_MISSING: 'MDI_ERR_AUTH_MISSING',
+  AUTH_INVALID: 'MDI_ERR_AUTH_INVALID',
+  AUTH_FORBIDDEN: 'MDI_ERR_AUTH_FORBIDDEN',
   // Configuration and storage
   CONFIG_INVALID: 'MDI_ERR_CONFIG_INVALID',
   STORE_FAILED: 'MDI_ERR_STORE_FAILED',

@@ -29,6 +29,11 @@ export const Quality = {
   PATIENT_MISMATCH: 1 << 9,
   /** The unit sent is not the canonical unit of the metric and could not be converted. */
   UNIT_MISMATCH: 1 << 10,
+  /**
+   * The device is not an approved, active registry device (unknown, waiting for approval, or
+   * retired): stored, never charted.
+   */
+  UNREGISTERED: 1 << 11,
 } as const;
 export type QualityFlag = keyof typeof Quality;
 
