@@ -35,9 +35,63 @@ const timeZone = z.string().refine(
   { message: 'is not an IANA time zone (for example Europe/Copenhagen)' },
 );
 
+/** An API token as stored: `sha256:` and 64 hex digits (from `mdi token new` or `mdi token hash`). */
+const tokenHash = z.string().regex(/^sha256:[0-9a-f]{64}$/, 'must be sha256:<64 hex digits> from `mdi token hash` or `mdi token new`, never a token itself');
+
+export const HttpAuthConfig = z.strictObject({
+  /**
+   * Require a bearer token on /api/* (GET/HEAD: viewer or admin; anything else: admin).
+   * /health stays open. Turn off only behind a proxy that authenticates.
+   */
+  enabled: z.boolean().default(true),
+  /** Tokens from the config; more can be created in the registry (`mdi token new --store`). */
+  tokens: z
+    .array(z.strictObject({ name: z.string().regex(/^[A-Za-z0-9._@-]{1,64}$/, 'use 1–64 letters, digits and . _ @ -'), role: z.enum(['admin', 'viewer']), hash: tokenHash }))
+    .max(1000)
+    .default([])
+    .superRefine((tokens, ctx) => {
+      const seen = new Set<string>();
+      tokens.forEach((t, i) => {
+        if (seen.has(t.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `"${t.name}" is already used` });
+        seen.add(t.name);
+      });
+    }),
+});
+
 export const HttpConfig = z.strictObject({
   port: port.default(8080),
   host: host.default('0.0.0.0'),
+  auth: HttpAuthConfig.prefault({}),
+});
+
+/** ADT (A01/A02/A03/A04/A08/A11/A12/A13) over MLLP: who lies in which bed. */
+export const AdtConfig = z.strictObject({
+  enabled: z.boolean().default(true),
+  port: port.default(2576),
+  host: host.default('0.0.0.0'),
+  maxMessageBytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(1024 * 1024),
+  maxConnections: z.number().int().min(1).max(10_000).default(100),
+});
+
+/** The device registry: how readings are attributed to patients, and device health. */
+export const RegistryConfig = z.strictObject({
+  /**
+   * Readings of a device the registry does not know (or has not approved, or retired):
+   * `store` keeps them in the store only, flagged UNREGISTERED, until an engineer approves the
+   * device; `chart` also charts them to the patient their message names (PCD-01 PID), for a
+   * site whose upstream device gateway already does the association.
+   */
+  unregistered: z.enum(['store', 'chart']).default('store'),
+  /**
+   * A PCD-01 PID that disagrees with the patient bound to the device: the reading is flagged
+   * PATIENT_MISMATCH and attributed to the bound patient. `exclude` keeps it out of the chart;
+   * `chart-bound` charts it to the bound patient (the flag stays).
+   */
+  pidMismatch: z.enum(['exclude', 'chart-bound']).default('exclude'),
+  /** A device clock this far from arrival time (s, either way) flags its readings CLOCK_DRIFT (not charted). */
+  clockDriftLimitSeconds: z.number().int().min(1).max(86_400).default(300),
+  /** A bound device silent for longer than this (s) raises a `silent` event; per device it can be set in the registry. */
+  expectedIntervalSeconds: z.number().int().min(1).max(86_400).default(120),
 });
 
 export const MllpConfig = z.strictObject({
@@ -360,6 +414,8 @@ export const Config = z.strictObject({
   log: LogConfig.prefault({}),
   http: HttpConfig.prefault({}),
   mllp: MllpConfig.prefault({}),
+  adt: AdtConfig.prefault({}),
+  registry: RegistryConfig.prefault({}),
   store: StoreConfig.prefault({}),
   mqtt: MqttConfig.prefault({}),
   fhir: FhirConfig.prefault({}),

@@ -27,8 +27,15 @@ export async function startChildGateway(dataDir: string, extraYaml = ''): Promis
     configFile,
     `dataDir: ${JSON.stringify(dataDir)}\nhttp: { port: 0, host: 127.0.0.1 }\nmllp: { port: 0, host: 127.0.0.1 }\n${extraYaml || 'fhir: { enabled: false }\n'}`,
   );
-  // The embedded MQTT broker stays off unless the config asks for it (it would bind 1883).
-  const env = /\bbroker\b/.test(extraYaml) ? process.env : { ...process.env, MDI_MQTT_BROKER_ENABLED: 'false' };
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  // The embedded MQTT broker and the ADT listener stay off unless the config asks for them
+  // (they would bind 1883 and 2576 in every test).
+  if (!/\bbroker\b/.test(extraYaml)) env.MDI_MQTT_BROKER_ENABLED = 'false';
+  if (!/^adt:/m.test(extraYaml)) env.MDI_ADT_ENABLED = 'false';
+  // Tests written before the registry talk to the API without a token and chart readings of
+  // devices nobody registered; a test about either says so in its config.
+  if (!/\bauth\b/.test(extraYaml)) env.MDI_HTTP_AUTH_ENABLED = 'false';
+  if (!/^registry:/m.test(extraYaml)) env.MDI_REGISTRY_UNREGISTERED = 'chart';
   const child = spawn(process.execPath, ['--import', 'tsx', join(PACKAGE_ROOT, 'src/main.ts'), 'start', '--config', configFile], {
     cwd: PACKAGE_ROOT,
     env,

@@ -28,7 +28,12 @@ export async function startTestGateway(overrides: ConfigInput = {}): Promise<Tes
     ...overrides,
     // The embedded MQTT broker stays off unless asked for: it would bind 1883 in every test.
     mqtt: { ...overrides.mqtt, broker: { enabled: false, ...overrides.mqtt?.broker } },
-    http: { port: 0, host: '127.0.0.1', ...overrides.http },
+    // The ADT listener stays off unless asked for (it would bind 2576); when asked, on a free port.
+    adt: { enabled: false, port: 0, host: '127.0.0.1', ...overrides.adt },
+    // Tests written before the registry talk to the API without a token and chart readings of
+    // devices nobody registered; a test about either sets `http.auth` / `registry` itself.
+    http: { port: 0, host: '127.0.0.1', auth: { enabled: false }, ...overrides.http },
+    registry: { unregistered: 'chart', ...overrides.registry },
     mllp: { port: 0, host: '127.0.0.1', ...overrides.mllp },
     log: { level: 'silent' },
   });
