@@ -82,12 +82,6 @@ export const RegistryConfig = z.strictObject({
    * site whose upstream device gateway already does the association.
    */
   unregistered: z.enum(['store', 'chart']).default('store'),
-  /**
-   * A PCD-01 PID that disagrees with the patient bound to the device: the reading is flagged
-   * PATIENT_MISMATCH and attributed to the bound patient. `exclude` keeps it out of the chart;
-   * `chart-bound` charts it to the bound patient (the flag stays).
-   */
-  pidMismatch: z.enum(['exclude', 'chart-bound']).default('exclude'),
   /** A device clock this far from arrival time (s, either way) flags its readings CLOCK_DRIFT (not charted). */
   clockDriftLimitSeconds: z.number().int().min(1).max(86_400).default(300),
   /** A bound device silent for longer than this (s) raises a `silent` event; per device it can be set in the registry. */

@@ -1,8 +1,9 @@
 import { ErrorCode } from '../errors.js';
 import type { MetricDef, Mappings } from '../mappings.js';
 import type { DeadLetterInput } from '../model/dead-letter.js';
-import { Quality, type Measurement } from '../model/measurement.js';
+import { Quality, type Measurement, type PatientId } from '../model/measurement.js';
 import type { Observation } from '../model/observation.js';
+import type { BatchAttribution } from './attribute.js';
 
 /** What one batch of Measurements became: routed Observations and dead letters. */
 export interface NormalizedBatch {
@@ -24,8 +25,12 @@ export class Normalizer {
 
   constructor(private readonly mappings: Mappings) {}
 
-  /** Normalizes a batch; a Measurement that cannot be an Observation becomes a dead letter. */
-  normalizeBatch(batch: readonly Measurement[], controlId: string | null = null): NormalizedBatch {
+  /**
+   * Normalizes a batch; a Measurement that cannot be an Observation becomes a dead letter.
+   * With `attribution` (the enrich stage), patient, location and the flags it adds come from it
+   * instead of from the Measurement: one Observation per reading, built once.
+   */
+  normalizeBatch(batch: readonly Measurement[], controlId: string | null = null, attribution?: BatchAttribution): NormalizedBatch {
     const observations: Observation[] = [];
     let rejects: DeadLetterInput[] | undefined;
     for (let i = 0; i < batch.length; i++) {
@@ -35,15 +40,20 @@ export class Normalizer {
         (rejects ??= []).push(reject(m, controlId, ErrorCode.HL7_BAD_TIME, 'reading has no valid time'));
         continue;
       }
-      observations.push(this.normalize(m));
+      if (attribution === undefined) {
+        observations.push(this.normalize(m, m.patient, m.location, 0));
+      } else {
+        const a = attribution.attribute(m);
+        observations.push(this.normalize(m, a.patient, a.location, a.flags));
+      }
     }
     return { observations, rejects: rejects ?? [] };
   }
 
-  normalize(m: Measurement): Observation {
+  normalize(m: Measurement, patient: PatientId | null = m.patient, location: string | null = m.location, extraFlags = 0): Observation {
     const mappings = this.mappings;
     const def = this.metricFor(m);
-    let flags = m.flags;
+    let flags = m.flags | extraFlags;
     // Key on the numeric code; a refid that names a different known metric is a sender bug
     // (Comen sends 149522^MDC_PULS_RATE) that must be visible, not silently trusted.
     if (def !== null && m.refid !== '' && m.refid !== def.refid) {
@@ -86,8 +96,8 @@ export class Normalizer {
       loinc: def !== null ? def.loinc : null,
       flags,
       containment: m.containment,
-      patient: m.patient,
-      location: m.location,
+      patient,
+      location,
     };
   }
 
