@@ -87,6 +87,12 @@ export class MllpListener implements Driver {
     return this.boundPort;
   }
 
+  /** Whether the connection a batch's `source` names is still open (device health; O(open connections)). */
+  isOpen(source: string): boolean {
+    for (const c of this.connections) if (c.source === source) return true;
+    return false;
+  }
+
   async stop(): Promise<void> {
     const server = this.server;
     if (!server) return;
@@ -130,7 +136,7 @@ export class MllpListener implements Driver {
 /** One sender's connection: decoder, in-order ACK queue, backpressure. */
 class MllpConnection {
   private readonly decoder: MllpDecoder;
-  private readonly source: string;
+  readonly source: string;
   /** The ACK of every message received so far, chained so they are written in order. */
   private tail: Promise<void> = Promise.resolve();
   private inFlight = 0;

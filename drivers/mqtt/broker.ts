@@ -155,6 +155,11 @@ export class MqttBrokerDriver implements Driver {
     this.decode = decodeOptions(ctx.timezone, options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES);
   }
 
+  /** Whether a client with this id (a device id) is connected now (device health). */
+  isConnected(clientId: string): boolean {
+    return this.connected.has(clientId);
+  }
+
   /** The bound TLS port, or null when no TLS listener is configured. */
   tlsPort(): number | null {
     return this.boundTlsPort;
