@@ -156,10 +156,15 @@ export class Reattributor {
       this.s.remove.run(job.id);
       this.done++;
       this.deps.log.info(
-        { device: job.device, from: new Date(job.from_time).toISOString(), to: new Date(job.to_time).toISOString(), reason: job.reason, changedDevices: changed.size },
+        { device: job.device, from: isoOrOpen(job.from_time), to: isoOrOpen(job.to_time), reason: job.reason, changedDevices: changed.size },
         'readings re-attributed',
       );
     })();
     return true;
   }
+}
+
+/** An interval end for the log: ISO 8601, or `open` for the ends that stand for ±infinity. */
+function isoOrOpen(ms: number): string {
+  return Math.abs(ms) > 8.64e15 ? 'open' : new Date(ms).toISOString();
 }
