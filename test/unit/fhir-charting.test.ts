@@ -32,14 +32,19 @@ describe('charting policy', () => {
     expect(policy({ vitalSigns: false, metrics: ['MDC_ECG_HEART_RATE'] }).decide(reading('hr')).chart).toBe(true);
   });
 
-  it('keeps demo, invalid, implausible, wrong-unit and patient-mismatch readings out of the chart', () => {
+  it('keeps demo, invalid, implausible, wrong-unit, patient-mismatch, unregistered and clock-drift readings out of the chart', () => {
     const p = policy();
-    for (const flag of [Quality.DEMO, Quality.INVALID, Quality.IMPLAUSIBLE, Quality.UNIT_MISMATCH, Quality.PATIENT_MISMATCH]) {
+    const excluded = [Quality.DEMO, Quality.INVALID, Quality.IMPLAUSIBLE, Quality.UNIT_MISMATCH, Quality.PATIENT_MISMATCH, Quality.UNREGISTERED, Quality.CLOCK_DRIFT];
+    for (const flag of excluded) {
       expect(p.decide(reading('hr', { flags: flag })).chart).toBe(false);
     }
-    for (const flag of [Quality.QUESTIONABLE, Quality.ABNORMAL, Quality.NOT_FINAL, Quality.EARLY, Quality.CLOCK_DRIFT]) {
+    for (const flag of [Quality.QUESTIONABLE, Quality.ABNORMAL, Quality.NOT_FINAL, Quality.EARLY]) {
       expect(p.decide(reading('hr', { flags: flag })).chart).toBe(true);
     }
+    // charting.patientMismatch: chart lifts that one exclusion only.
+    const lenient = policy({ patientMismatch: 'chart' });
+    expect(lenient.decide(reading('hr', { flags: Quality.PATIENT_MISMATCH })).chart).toBe(true);
+    expect(lenient.decide(reading('hr', { flags: Quality.UNREGISTERED })).chart).toBe(false);
     expect(p.decide(reading('hr', { value: Number.NaN, text: 'ASYSTOLE' })).chart).toBe(false);
   });
 

@@ -18,10 +18,18 @@ import { chartRole, type BpPart, type ChartRole } from './observation.js';
  * DEMO (never chart test data), INVALID (the device said so), IMPLAUSIBLE (outside the
  * plausibility range), UNIT_MISMATCH (not in the metric's UCUM unit: would be refused by the
  * profile), PATIENT_MISMATCH (PID disagrees with the bed's patient: charting it could put a
- * value into the wrong patient's record).
+ * value into the wrong patient's record; `charting.patientMismatch: chart` lifts this one),
+ * UNREGISTERED (no approved registry device: nobody vouches for its binding), CLOCK_DRIFT (the
+ * device clock is off, so the patient bound "at the reading's time" may be the wrong one).
  */
 export const NOT_CHARTED_FLAGS =
-  Quality.DEMO | Quality.INVALID | Quality.IMPLAUSIBLE | Quality.UNIT_MISMATCH | Quality.PATIENT_MISMATCH;
+  Quality.DEMO |
+  Quality.INVALID |
+  Quality.IMPLAUSIBLE |
+  Quality.UNIT_MISMATCH |
+  Quality.PATIENT_MISMATCH |
+  Quality.UNREGISTERED |
+  Quality.CLOCK_DRIFT;
 
 /** Which reading represents an interval. */
 export const ValueChoice = { LATEST: 'latest', MEDIAN: 'median' } as const;
@@ -70,6 +78,7 @@ export class ChartingPolicy {
   private readonly excluded: ReadonlySet<string>;
   private readonly rules: readonly CompiledRule[];
   private readonly intervalMs: number;
+  private readonly excludedFlags: number;
 
   /** Pseudonyms by `system|value` (an HMAC per reading would cost more than the rest of the decision). */
   private readonly pseudonyms = new Map<string, string>();
@@ -85,6 +94,7 @@ export class ChartingPolicy {
     this.listed = new Set(settings.metrics);
     this.excluded = new Set(settings.exclude);
     this.intervalMs = settings.intervalSeconds * 1000;
+    this.excludedFlags = settings.patientMismatch === 'chart' ? NOT_CHARTED_FLAGS & ~Quality.PATIENT_MISMATCH : NOT_CHARTED_FLAGS;
     this.rules = settings.locations.map((r) => ({
       pattern: globToRegExp(r.match),
       intervalMs: r.intervalSeconds === undefined ? undefined : r.intervalSeconds * 1000,
@@ -129,7 +139,7 @@ export class ChartingPolicy {
     const role = chartRole(o);
     if (!this.selects(o, role)) return { chart: false, reason: `${o.metric} is not in the charting policy` };
     if (o.code === null) return { chart: false, reason: `${o.metric} has no MDC code` };
-    if (o.flags & NOT_CHARTED_FLAGS) return { chart: false, reason: 'quality flags exclude it from the chart' };
+    if (o.flags & this.excludedFlags) return { chart: false, reason: 'quality flags exclude it from the chart' };
     if (!Number.isFinite(o.value)) return { chart: false, reason: 'no numeric value' };
     let patientKey = '';
     let hold = false;

@@ -89,6 +89,12 @@ export const ChartingSettings = z.strictObject({
   unbound: z.enum(['store', 'hold']).default('store'),
   /** With `unbound: hold`: minutes to wait for a device→patient binding before giving up. */
   holdMinutes: z.number().min(0).max(24 * 60).default(15),
+  /**
+   * A reading whose message PID disagrees with the patient bound to its device (flagged
+   * PATIENT_MISMATCH, attributed to the bound patient): `exclude` keeps it out of the chart;
+   * `chart` charts it to the bound patient (the flag stays in the store).
+   */
+  patientMismatch: z.enum(['exclude', 'chart']).default('exclude'),
 });
 export type ChartingSettings = z.infer<typeof ChartingSettings>;
 
