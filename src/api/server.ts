@@ -3,11 +3,13 @@ import { z } from 'zod';
 import { formatIsoTime } from '../codec/hl7-time.js';
 import type { DriverStatus } from '../driver.js';
 import type { Logger } from '../log.js';
+import type { DeviceHealth } from '../registry/health.js';
 import type { FhirCharting } from '../sinks/fhir/index.js';
 import type { InfluxFeederStatus } from '../sinks/influx/feeder.js';
 import { outboxRoutes } from '../sinks/fhir/routes.js';
 import type { Store } from '../store/store.js';
 import { observationItem } from './observation-item.js';
+import { healthRoutes } from './routes/health.js';
 
 export interface ApiDeps {
   readonly store: Store;
@@ -20,6 +22,8 @@ export interface ApiDeps {
   readonly charting?: FhirCharting | null;
   /** The InfluxDB feeder's status (`/api/status` → `influx`); null or absent when `store.influx` is not set. */
   readonly influx?: (() => InfluxFeederStatus) | null;
+  /** Device health (`/api/devices/:id/health`, `/api/health/devices`, `/api/events`, `/metrics`); absent: not served. */
+  readonly health?: DeviceHealth | null;
 }
 
 /** A time given as ISO-8601 (with or without offset) or epoch milliseconds. */
@@ -69,6 +73,7 @@ export function createApi(deps: ApiDeps) {
   });
 
   void app.register(outboxRoutes, { charting: deps.charting ?? null });
+  if (deps.health) void app.register(healthRoutes, { health: deps.health });
 
   app.get('/health', async (_req, reply) => {
     const ready = deps.ready();
