@@ -300,6 +300,21 @@ export class SqliteStore implements Store {
   }
 
   /**
+   * Observations by store id, in id order; ids not (or no longer) stored are left out. The FHIR
+   * outbox reads its readings' current patient with it when a binding was corrected.
+   */
+  observationsById(ids: readonly number[]): StoredObservation[] {
+    const out: StoredObservation[] = [];
+    // Bounded IN lists (SQLite allows 32766 parameters; a few hundred per statement is plenty).
+    for (let i = 0; i < ids.length; i += 500) {
+      const chunk = ids.slice(i, i + 500);
+      const rows = this.db.prepare(`SELECT * FROM observations WHERE id IN (${chunk.map(() => '?').join(',')}) ORDER BY id`).all(...chunk) as ObservationRow[];
+      for (const r of rows) out.push(toStoredObservation(r));
+    }
+    return out;
+  }
+
+  /**
    * The id of the newest stored observation, 0 when there is none: a feeder's lag (rows behind)
    * is this minus its cursor, because ids are assigned in commit order without gaps.
    */

@@ -84,7 +84,7 @@ export interface DeliveryReport {
 }
 
 /** Thrown inside a delivery to stop it: the failure concerns every entry. */
-class Halt extends Error {
+export class Halt extends Error {
   constructor(readonly failure: DeliveryFailure) {
     super(failure.message);
   }
@@ -112,23 +112,23 @@ function queryValue(text: string): string {
   return text.replace(/[%&#+=?\s]/g, (c) => encodeURIComponent(c));
 }
 
-function identifierQuery(system: string, value: string): string {
+export function identifierQuery(system: string, value: string): string {
   return `identifier=${queryValue(system)}|${queryValue(value)}`;
 }
 
 /** `Observation/abc/_history/1` or an absolute URL → `Observation/abc`. */
-function typeAndId(location: string | undefined, type: string): string | null {
+export function typeAndId(location: string | undefined, type: string): string | null {
   if (location === undefined) return null;
   const m = new RegExp(`(?:^|/)${type}/([A-Za-z0-9\\-.]{1,64})(?:/|$)`).exec(location);
   return m ? `${type}/${m[1]}` : null;
 }
 
-function issueCodes(outcome: OperationOutcome | undefined): string[] {
+export function issueCodes(outcome: OperationOutcome | undefined): string[] {
   return (outcome?.issue ?? []).map((i) => i.code).filter((c): c is NonNullable<typeof c> => typeof c === 'string');
 }
 
 /** A one-line, patient-data-free summary of an OperationOutcome: `422 business-rule: …`. */
-function summarize(status: number, outcome: OperationOutcome | undefined): string {
+export function summarize(status: number, outcome: OperationOutcome | undefined): string {
   const first = outcome?.issue?.[0];
   const text = first?.diagnostics ?? first?.details?.text ?? '';
   return scrubCpr(`${status}${first?.code ? ` ${first.code}` : ''}${text ? `: ${text.slice(0, 300)}` : ''}`);
@@ -181,6 +181,7 @@ export class FhirForwarder {
           status: this.o.observationStatus,
           subject: subject.reference,
           ...(device !== undefined ? { device: { reference: device.reference } } : {}),
+          ...(entry.revision > 0 ? { revision: entry.revision } : {}),
         };
         const built = buildObservation(entry.item, options);
         if (!built.ok) {
@@ -522,21 +523,26 @@ export class FhirForwarder {
   }
 
   private toHalt(err: unknown, what: string): Halt {
-    if (err instanceof FhirError) {
-      const reached = err.code !== FhirErrorCode.NETWORK;
-      return new Halt({
-        code: err.code,
-        message: scrubCpr(`${what}: ${err.message}`),
-        ...(err.status !== undefined ? { status: err.status } : {}),
-        retryAfterMs: null,
-        reached,
-      });
-    }
-    return new Halt({ code: FhirErrorCode.NETWORK, message: scrubCpr(`${what}: ${String((err as Error)?.message ?? err)}`), retryAfterMs: null, reached: false });
+    return haltOf(err, what);
   }
 }
 
-function parseJson(body: Buffer): unknown {
+/** A failed request (network, token) as the failure of the whole delivery. */
+export function haltOf(err: unknown, what: string): Halt {
+  if (err instanceof FhirError) {
+    const reached = err.code !== FhirErrorCode.NETWORK;
+    return new Halt({
+      code: err.code,
+      message: scrubCpr(`${what}: ${err.message}`),
+      ...(err.status !== undefined ? { status: err.status } : {}),
+      retryAfterMs: null,
+      reached,
+    });
+  }
+  return new Halt({ code: FhirErrorCode.NETWORK, message: scrubCpr(`${what}: ${String((err as Error)?.message ?? err)}`), retryAfterMs: null, reached: false });
+}
+
+export function parseJson(body: Buffer): unknown {
   try {
     return JSON.parse(body.toString('utf8')) as unknown;
   } catch {
@@ -544,7 +550,7 @@ function parseJson(body: Buffer): unknown {
   }
 }
 
-function outcomeOf(res: HttpResponse): OperationOutcome | undefined {
+export function outcomeOf(res: HttpResponse): OperationOutcome | undefined {
   const body = parseJson(res.body) as Resource | undefined;
   return body?.resourceType === 'OperationOutcome' ? body : undefined;
 }

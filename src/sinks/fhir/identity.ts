@@ -42,7 +42,7 @@ export function uuidv5(namespace: string, name: string): string {
  * UUIDv5 of `"<device EUI-64>|<OBX-4 containment>|<MDC code>|<effective time, UTC, ms>"`.
  * The value is left out on purpose, so a resend with a corrected value meets the first copy
  * instead of creating a second truth. The time is the instant in UTC, so the +01:00/+02:00
- * switch of Europe/Copenhagen never changes the key.
+ * switch of Europe/Copenhagen never changes the key. `revision` > 0: a re-issue (see below).
  */
 export function observationIdentifier(
   namespace: string,
@@ -50,8 +50,13 @@ export function observationIdentifier(
   containment: string,
   mdcCode: number,
   time: number,
+  revision = 0,
 ): string {
-  return uuidv5(namespace, `${deviceKey(deviceId)}|${containment}|${mdcCode}|${new Date(time).toISOString()}`);
+  const name = `${deviceKey(deviceId)}|${containment}|${mdcCode}|${new Date(time).toISOString()}`;
+  // Revision 0 is the first charting (the name as always). A re-issue after a correction
+  // (wrong patient voided) needs an identifier of its own: with the first one, its conditional
+  // create would match the voided resource and chart nothing.
+  return uuidv5(namespace, revision > 0 ? `${name}|rev:${revision}` : name);
 }
 
 const pad = (n: number, width = 2) => String(n).padStart(width, '0');

@@ -16,9 +16,11 @@
  * backoff (or the EPJ's `Retry-After`) and drops to one Bundle in flight until one succeeds.
  */
 import type { Logger } from '../../log.js';
+import type { AttributionChange } from '../../registry/types.js';
 import { ChartingPolicy } from './charting.js';
 import type { FhirSettings } from './config.js';
 import { createAuthProvider } from './auth.js';
+import { Corrections, type CorrectionCounts, type CorrectionReport, type VoidEntry } from './corrections.js';
 import { FhirErrorCode } from './errors.js';
 import { FhirForwarder, type DeliveryFailure, type SubjectMode } from './forwarder.js';
 import { HttpClient } from './http.js';
@@ -34,10 +36,12 @@ import {
   type OutboxStore,
 } from './outbox.js';
 import { backoffDelay } from './retry.js';
+import { VoidSender } from './voids.js';
 
 export { FhirSettings } from './config.js';
 export { FhirErrorCode } from './errors.js';
-export { OutboxState, NO_BINDINGS, OUTBOX_CURSOR } from './outbox.js';
+export { OutboxAction, OutboxState, NO_BINDINGS, OUTBOX_CURSOR } from './outbox.js';
+export type { CorrectionCounts } from './corrections.js';
 export type { BindingLookup, DeliveryState, OutboxEntryView, OutboxStore } from './outbox.js';
 export type { SubjectMode } from './forwarder.js';
 
@@ -87,6 +91,8 @@ export interface OutboxStatus {
   /** Repeats of an already charted reading (monitors resend the last NIBP in every message). */
   readonly repeatedReadings: number;
   readonly lastError: { readonly at: string; readonly code: string; readonly message: string; readonly status: number | null } | null;
+  /** Binding corrections: jobs pending, voids waiting, voided and re-issued since start. */
+  readonly corrections: CorrectionCounts;
 }
 
 /** The charting service: the outbox and its sender. */
@@ -104,6 +110,15 @@ export interface FhirCharting {
   entry(id: number): OutboxEntryView | null;
   /** Runs a pass now instead of at the next poll (tests, benches). */
   poke(): void;
+  /**
+   * The store's readings of `change.device` in [from, to) were re-attributed (a corrected
+   * binding): what was charted for them follows — voided (entered-in-error) in the EPJ and
+   * re-issued for the patient the store names now, or re-attributed before it is sent.
+   * Call it after the store update has committed. Durable when it returns (a job in the
+   * outbox DB); the work runs in the charting loop, also across restarts and EPJ outages.
+   * @throws {RangeError} for an empty interval.
+   */
+  reattributed(change: AttributionChange): void;
 }
 
 /** One-second slots of confirmations for delivered/s (a minute of history). */
@@ -131,6 +146,8 @@ class Charting implements FhirCharting {
   private readonly outbox: Outbox;
   private readonly http: HttpClient;
   private readonly forwarder: FhirForwarder;
+  private readonly corrections: Corrections;
+  private readonly voids: VoidSender;
   private readonly bindings: BindingLookup;
   private readonly baseUrl: string;
   private timer: NodeJS.Timeout | null = null;
@@ -171,10 +188,12 @@ class Charting implements FhirCharting {
       requestTimeoutMs: this.s.timeouts.requestMs,
       maxSockets: this.s.concurrency + 1,
     });
+    // One token for creates and voids.
+    const auth = createAuthProvider(this.s.auth, this.http, this.clock);
     this.forwarder = new FhirForwarder({
       baseUrl: this.baseUrl,
       http: this.http,
-      auth: createAuthProvider(this.s.auth, this.http, this.clock),
+      auth,
       subject: options.subject ?? this.s.subject ?? 'conditional',
       identifierSystem: this.s.identifierSystem,
       identifierNamespace: this.s.identifierNamespace,
@@ -184,6 +203,20 @@ class Charting implements FhirCharting {
       outbox: this.outbox,
       endpoint: this.baseUrl,
       patientKey: (p) => options.store.pseudonym(p),
+      clock: this.clock,
+      log: this.log,
+    });
+    this.corrections = new Corrections(options.store, this.outbox, {
+      identifierNamespace: this.s.identifierNamespace,
+      unbound: this.s.charting.unbound,
+      holdMs: this.s.charting.holdMinutes * 60_000,
+    });
+    this.voids = new VoidSender({
+      baseUrl: this.baseUrl,
+      http: this.http,
+      auth,
+      identifierSystem: this.s.identifierSystem,
+      retry: this.s.retry,
       clock: this.clock,
       log: this.log,
     });
@@ -264,6 +297,12 @@ class Charting implements FhirCharting {
     if (this.started) this.schedule(0);
   }
 
+  reattributed(change: AttributionChange): void {
+    const job = this.corrections.record(change, this.clock());
+    this.log.info({ job, device: change.device, from: new Date(change.from).toISOString(), to: new Date(change.to).toISOString() }, 'binding correction recorded for the chart');
+    this.poke();
+  }
+
   status(): OutboxStatus {
     const now = this.clock();
     const states = this.outbox.counts();
@@ -284,6 +323,7 @@ class Charting implements FhirCharting {
       lateReadings: this.outbox.lateReadingCount(),
       repeatedReadings: this.outbox.repeatCount(),
       lastError: this.lastError,
+      corrections: this.corrections.counts(),
     };
   }
 
@@ -332,6 +372,8 @@ class Charting implements FhirCharting {
       const fed = this.outbox.feed(now);
       backlog = !fed.caughtUp && !fed.full;
       this.outbox.close(now, this.bindings);
+      // After closing (a just-closed entry is re-attributed in this pass), before sending.
+      for (const report of this.corrections.run(now)) this.logCorrection(report);
       this.dispatch(now);
     } catch (err) {
       // A failing database is the store's problem to report; the outbox retries next poll.
@@ -347,23 +389,52 @@ class Charting implements FhirCharting {
     if (this.stopping || this.probing || now < this.pausedUntil) return;
     // While the EPJ is failing, one Bundle at a time probes it; full concurrency after a success.
     const limit = this.failures > 0 ? 1 : this.s.concurrency;
+    // Voids first: a correction should not wait behind a backlog of new readings, and a
+    // re-issue is only queued once its void is done.
+    while (this.inflight.size < limit) {
+      const voids = this.corrections.claimVoids(this.s.batchSize, now);
+      if (voids.length === 0) break;
+      this.track(voids, this.send(voids, 'void'));
+    }
     while (this.inflight.size < limit) {
       const batch = this.outbox.claim(this.s.batchSize, now);
       if (batch.length === 0) return;
-      for (const e of batch) this.inflightEntries.set(e.id, e);
-      const work = this.send(batch);
-      this.inflight.add(work);
-      void work.finally(() => {
-        this.inflight.delete(work);
-        this.schedule(0);
-      });
+      this.track(batch, this.send(batch, 'create'));
     }
   }
 
+  private track(batch: readonly ClaimedEntry[], work: Promise<void>): void {
+    for (const e of batch) this.inflightEntries.set(e.id, e);
+    this.inflight.add(work);
+    void work.finally(() => {
+      this.inflight.delete(work);
+      this.schedule(0);
+    });
+  }
+
+  /** One line per correction job pass that did something; device and counts, no patient data. */
+  private logCorrection(r: CorrectionReport): void {
+    if (!r.done && r.voids + r.reattributed + r.unbound === 0) return; // still waiting, nothing new
+    this.log.info(
+      {
+        job: r.job,
+        device: r.device,
+        from: new Date(r.from).toISOString(),
+        to: new Date(r.to).toISOString(),
+        reason: r.reason,
+        voids: r.voids,
+        reattributed: r.reattributed,
+        unbound: r.unbound,
+        waiting: r.waiting,
+      },
+      r.done ? 'binding correction applied to the chart' : 'binding correction partly applied; waiting for entries in flight',
+    );
+  }
+
   /** Delivers one claimed batch and records the outcome. Never rejects (it runs detached). */
-  private async send(batch: ClaimedEntry[]): Promise<void> {
+  private async send(batch: ClaimedEntry[] | VoidEntry[], action: 'create' | 'void'): Promise<void> {
     try {
-      await this.deliverAndSettle(batch);
+      await this.deliverAndSettle(batch, action);
     } catch (err) {
       // Only our own database work can land here (deliver() never rejects). The entries stay
       // claimed in the database; put them back so they are not stuck until the next start.
@@ -382,15 +453,18 @@ class Charting implements FhirCharting {
     }
   }
 
-  private async deliverAndSettle(batch: ClaimedEntry[]): Promise<void> {
-    const report = await this.forwarder.deliver(batch, this.abort.signal);
+  private async deliverAndSettle(batch: ClaimedEntry[] | VoidEntry[], action: 'create' | 'void'): Promise<void> {
+    const report =
+      action === 'void' ? await this.voids.deliver(batch as VoidEntry[], this.abort.signal) : await this.forwarder.deliver(batch, this.abort.signal);
+    const settle = (results: readonly EntryResult[], at: number) =>
+      action === 'void' ? this.corrections.settleVoids(results, at) : this.outbox.settle(results, at);
     const now = this.clock();
     if (report.reached) {
       this.lastContact = now;
     }
     const results: EntryResult[] = [...report.results];
     if (this.stopping) {
-      this.outbox.settle(results, now);
+      settle(results, now);
       this.outbox.release(
         report.unsettled.map((e) => e.id),
         now,
@@ -424,7 +498,7 @@ class Charting implements FhirCharting {
         this.failures = 0;
         this.reachable = true;
       }
-      this.outbox.settle(results, now);
+      settle(results, now);
     }
     this.countDelivered(now, results.reduce((n, r) => n + (r.kind === 'confirmed' ? 1 : 0), 0));
   }

@@ -170,6 +170,8 @@ export interface ObservationBuildOptions {
   readonly subject: Reference<Patient>;
   /** `Device/<id>`; absent when the device is not (yet) known to the EPJ. */
   readonly device?: Reference<Device>;
+  /** 0 (default): first charting; n > 0: the n-th re-issue after a correction. */
+  readonly revision?: number;
 }
 
 export type BuildResult =
@@ -200,16 +202,17 @@ function orderedParts(item: ChartItem): { part: (typeof BP_PARTS)[number]; readi
  * The deterministic identifier value of a chart entry, or null when the entry has no MDC code
  * to key on (such readings are not charted). A BP panel is keyed on the panel code and the
  * containment of its first part, as in the golden NIBP example (`…|1.3.1.1|150020|…`).
+ * `revision` > 0 only for a re-issue after a correction (a new identifier per revision).
  */
-export function itemIdentifier(item: ChartItem, namespace: string): string | null {
+export function itemIdentifier(item: ChartItem, namespace: string, revision = 0): string | null {
   const head = headOf(item);
   if (item.kind === 'bp') {
     const role = chartRole(head);
     if (role.kind !== 'bp') return null;
-    return observationIdentifier(namespace, head.deviceId, head.containment, role.panelCode, head.time);
+    return observationIdentifier(namespace, head.deviceId, head.containment, role.panelCode, head.time, revision);
   }
   if (head.code === null) return null;
-  return observationIdentifier(namespace, head.deviceId, head.containment, head.code, head.time);
+  return observationIdentifier(namespace, head.deviceId, head.containment, head.code, head.time, revision);
 }
 
 /** 12 significant digits: removes binary noise of unit conversions (36.599999999 → 36.6). */
@@ -262,7 +265,7 @@ function usable(o: Observation): string | null {
  */
 export function buildObservation(item: ChartItem, options: ObservationBuildOptions): BuildResult {
   const head = headOf(item);
-  const identifier = itemIdentifier(item, options.identifierNamespace);
+  const identifier = itemIdentifier(item, options.identifierNamespace, options.revision ?? 0);
   if (identifier === null) return { ok: false, reason: `${head.metric}: no MDC code to key the entry on` };
   const flags = item.readings.reduce((f, r) => f | r.observation.flags, 0);
   const base = {

@@ -59,6 +59,13 @@ export const OutboxState = {
 } as const;
 export type OutboxState = (typeof OutboxState)[keyof typeof OutboxState];
 
+/**
+ * What an entry does in the EPJ: `create` charts an Observation (conditional create); `void`
+ * sets an Observation charted earlier to `entered-in-error` (a binding correction).
+ */
+export const OutboxAction = { CREATE: 'create', VOID: 'void' } as const;
+export type OutboxAction = (typeof OutboxAction)[keyof typeof OutboxAction];
+
 /** The feeder's cursor name in the store's `cursors` table. */
 export const OUTBOX_CURSOR = 'fhir-outbox';
 
@@ -69,6 +76,8 @@ export interface OutboxStore {
   cursor(name: string): number;
   setCursor(name: string, position: number): void;
   pseudonym(patient: PatientId): string;
+  /** Readings by store id (their current patient, after a binding correction). */
+  observationsById(ids: readonly number[]): StoredObservation[];
 }
 
 /** Device→patient bindings at a time; the registry provides them (later issue). */
@@ -101,6 +110,8 @@ export interface ClaimedEntry {
   readonly attempts: number;
   /** When the entry became ready to send (epoch ms). */
   readonly closed: number;
+  /** 0, or n for the n-th re-issue after a correction (its identifier differs). */
+  readonly revision: number;
 }
 
 /** The outcome of one send attempt for one entry. */
@@ -131,6 +142,13 @@ export type OutboxCounts = Record<OutboxState, number>;
 export interface OutboxEntryView {
   readonly entry: number;
   readonly state: OutboxState;
+  /** `create` (chart an Observation) or `void` (set one to entered-in-error after a correction). */
+  readonly action: OutboxAction;
+  /** 0, or n for the n-th re-issue of a reading after a correction. */
+  readonly revision: number;
+  /** A void: the entry whose Observation it voids. A re-issue: the void it follows. */
+  readonly ref: number | null;
+  /** The Observation identifier (a void: the identifier of the Observation it voids). */
   readonly identifier: string | null;
   readonly device: string;
   readonly metric: string;
@@ -187,6 +205,9 @@ CREATE TABLE IF NOT EXISTS fhir_outbox (
   error_code TEXT,
   error TEXT,
   outcome TEXT,
+  action TEXT NOT NULL DEFAULT 'create',
+  revision INTEGER NOT NULL DEFAULT 0,
+  ref INTEGER,
   UNIQUE (series, bucket)
 );
 -- The sender's and the closer's read path: entries of one state in outbox (= reading) order.
@@ -234,6 +255,9 @@ interface EntryRow {
   error_code: string | null;
   error: string | null;
   outcome: string | null;
+  action: OutboxAction;
+  revision: number;
+  ref: number | null;
 }
 
 /** An open entry as cached while its interval runs. */
@@ -256,10 +280,36 @@ function entryKey(series: string, bucket: number): string {
   return `${series}\u0000${bucket}`;
 }
 
-/** Payload JSON: the chart item (readings carry their store id). Holds patient data: never log it. */
-interface Payload {
+/**
+ * Payload JSON: the chart item (readings carry their store id). Holds patient data: never log it.
+ * A void's payload also names the Observation it voids.
+ */
+export interface Payload {
   readonly kind: ChartItem['kind'];
   readonly readings: ChartReading[];
+  readonly target?: VoidTarget;
+}
+
+/** The Observation a void entry sets to `entered-in-error`. */
+export interface VoidTarget {
+  /** `Observation/<id>` when the EPJ told us (Location of the create), else null: found by identifier. */
+  readonly fhirId: string | null;
+  /** Identifier value of the voided Observation (system: `fhir.identifierSystem`). */
+  readonly identifier: string;
+}
+
+/**
+ * Columns added for corrections (`corrections.ts`) to an outbox made by an older version:
+ * `action` (create | void), `revision` (0, or n for the n-th re-issue after a correction),
+ * `ref` (a void: the entry it voids; a re-issue: the void it follows). Then their index.
+ */
+function migrate(db: Database.Database): void {
+  const columns = new Set((db.prepare('PRAGMA table_info(fhir_outbox)').all() as { name: string }[]).map((c) => c.name));
+  if (!columns.has('action')) db.exec(`ALTER TABLE fhir_outbox ADD COLUMN action TEXT NOT NULL DEFAULT '${OutboxAction.CREATE}'`);
+  if (!columns.has('revision')) db.exec('ALTER TABLE fhir_outbox ADD COLUMN revision INTEGER NOT NULL DEFAULT 0');
+  if (!columns.has('ref')) db.exec('ALTER TABLE fhir_outbox ADD COLUMN ref INTEGER');
+  // One void per voided entry: recording a void twice (a job run again after a crash) is a no-op.
+  db.exec(`CREATE UNIQUE INDEX IF NOT EXISTS fhir_outbox_void ON fhir_outbox (ref) WHERE action = '${OutboxAction.VOID}'`);
 }
 
 /** Entries looked at per housekeeping statement: bounds the time one `maintain()` can take. */
@@ -310,6 +360,7 @@ export class Outbox {
   ) {
     this.db = store.database();
     this.db.exec(SCHEMA);
+    migrate(this.db);
     const db = this.db;
     this.s = {
       // Feeding: find the entry of a series and interval (UNIQUE index).
@@ -354,8 +405,8 @@ export class Outbox {
       skip: db.prepare(`UPDATE fhir_outbox SET state = '${OutboxState.SKIPPED}', error_code = ?, error = ?, updated = ? WHERE id = ?`),
       // Sending: the oldest due entries first (original reading order, after any backoff).
       due: db.prepare(
-        `SELECT id, identifier, payload, attempts, closed FROM fhir_outbox
-         WHERE state = '${OutboxState.QUEUED}' AND next_attempt <= ? ORDER BY id LIMIT ?`,
+        `SELECT id, identifier, payload, attempts, closed, revision FROM fhir_outbox
+         WHERE state = '${OutboxState.QUEUED}' AND action = '${OutboxAction.CREATE}' AND next_attempt <= ? ORDER BY id LIMIT ?`,
       ),
       // The claim: only a queued entry can be taken, so two senders never get the same one.
       markSending: db.prepare(
@@ -422,6 +473,11 @@ export class Outbox {
     const changed = this.s.recover.run().changes;
     this.pending = this.s.countPending.get() as number;
     return changed;
+  }
+
+  /** Re-counts queued + sending (after another module changed entries: corrections). */
+  recount(): void {
+    this.pending = this.s.countPending.get() as number;
   }
 
   /** Queued + sending entries. */
@@ -695,7 +751,7 @@ export class Outbox {
   claim(limit: number, now: number): ClaimedEntry[] {
     const out: ClaimedEntry[] = [];
     this.db.transaction(() => {
-      const rows = this.s.due.all(now, limit) as Pick<EntryRow, 'id' | 'identifier' | 'payload' | 'attempts' | 'closed'>[];
+      const rows = this.s.due.all(now, limit) as Pick<EntryRow, 'id' | 'identifier' | 'payload' | 'attempts' | 'closed' | 'revision'>[];
       for (const row of rows) {
         if (this.s.markSending.run(now, row.id).changes === 0) continue;
         const payload = JSON.parse(row.payload) as Payload;
@@ -705,6 +761,7 @@ export class Outbox {
           item: payload,
           attempts: row.attempts + 1,
           closed: row.closed ?? now,
+          revision: row.revision,
         });
       }
     })();
@@ -867,7 +924,10 @@ function view(row: EntryRow): OutboxEntryView {
   return {
     entry: row.id,
     state: row.state,
-    identifier: row.identifier,
+    action: row.action,
+    revision: row.revision,
+    ref: row.ref,
+    identifier: row.action === OutboxAction.VOID ? (payload.target?.identifier ?? null) : row.identifier,
     device: head?.deviceId ?? '',
     metric: head === undefined ? '' : payload.kind === 'bp' ? bpName(head) : head.metric,
     readingTime: row.reading_time,
