@@ -9,6 +9,16 @@ import type { InfluxFeederStatus } from '../sinks/influx/feeder.js';
 import { outboxRoutes } from '../sinks/fhir/routes.js';
 import type { Store } from '../store/store.js';
 import { observationItem } from './observation-item.js';
+import { installAuth, type AuthSettings } from './auth.js';
+import { errorStatus, TimeParam, type RegistryRouteOptions } from './http.js';
+import { installOpenApi } from './openapi.js';
+import { auditRoutes } from './routes/audit.js';
+import { bindingRoutes } from './routes/bindings.js';
+import { deviceRoutes } from './routes/devices.js';
+import { tokenRoutes } from './routes/tokens.js';
+import type { AuditLog } from '../registry/audit.js';
+import type { TokenStore } from '../registry/tokens.js';
+import type { BindingsApi, DeviceRegistryApi } from '../registry/types.js';
 import { healthRoutes } from './routes/health.js';
 
 export interface ApiDeps {
@@ -24,19 +34,13 @@ export interface ApiDeps {
   readonly influx?: (() => InfluxFeederStatus) | null;
   /** Device health (`/api/devices/:id/health`, `/api/health/devices`, `/api/events`, `/metrics`); absent: not served. */
   readonly health?: DeviceHealth | null;
+  /** The device registry (`/api/devices`, `/api/bindings`, `/api/beds`, `/api/audit`, `/api/tokens`); absent: not served. */
+  readonly registry?: { devices: DeviceRegistryApi; bindings: BindingsApi; audit: AuditLog; tokens: TokenStore } | null;
+  /** Bearer-token access (config `http.auth`); absent or null: no checks (tests, embedded use). */
+  readonly auth?: AuthSettings | null;
+  /** For the registry routes' "now" (tests); Date.now by default. */
+  readonly clock?: () => number;
 }
-
-/** A time given as ISO-8601 (with or without offset) or epoch milliseconds. */
-const TimeParam = z
-  .string()
-  .transform((text, ctx) => {
-    const ms = /^\d+$/.test(text) ? Number(text) : Date.parse(text);
-    if (!Number.isFinite(ms)) {
-      ctx.addIssue({ code: 'custom', message: 'must be an ISO-8601 time or epoch milliseconds' });
-      return z.NEVER;
-    }
-    return ms;
-  });
 
 const ObservationQuery = z.strictObject({
   device: z.string().min(1).optional(),
@@ -65,15 +69,27 @@ export function createApi(deps: ApiDeps) {
   app.addHook('onRoute', (route) => {
     route.logLevel ??= 'warn';
   });
+  // Before any route: the auth hook and the OpenAPI collector must see every one of them.
+  installAuth(app, deps.auth ?? null, deps.registry?.tokens ?? null);
+  installOpenApi(app, { title: 'mdi-gateway', version: '0.1.0' });
 
   app.setErrorHandler((err: Error & { statusCode?: number }, _req, reply) => {
-    const status = err.statusCode && err.statusCode >= 400 ? err.statusCode : 500;
+    const { status, code } = errorStatus(err);
     if (status >= 500) deps.log.error({ err }, 'api request failed');
-    void reply.code(status).send({ error: status >= 500 ? 'internal error' : err.message });
+    void reply.code(status).send({ error: status >= 500 ? 'internal error' : err.message, ...(code ? { code } : {}) });
   });
 
   void app.register(outboxRoutes, { charting: deps.charting ?? null });
   if (deps.health) void app.register(healthRoutes, { health: deps.health });
+  if (deps.registry) {
+    const options: RegistryRouteOptions = {
+      ...deps.registry,
+      configTokens: deps.auth?.tokens ?? [],
+      pseudonym: deps.store.pseudonym.bind(deps.store),
+      clock: deps.clock ?? Date.now,
+    };
+    for (const routes of [deviceRoutes, bindingRoutes, auditRoutes, tokenRoutes]) void app.register(routes, options);
+  }
 
   app.get('/health', async (_req, reply) => {
     const ready = deps.ready();
