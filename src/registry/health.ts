@@ -132,6 +132,8 @@ class DeviceState {
   drifting = false;
   /** Connection as seen by the previous check (events on change only). */
   connection: ConnectionState = 'unknown';
+  /** `lastSeen` at the previous check: data since then means its connection was up meanwhile. */
+  seenAtCheck: number | null = null;
   /** Consecutive checks that saw it disconnected after being connected. */
   disconnectedChecks = 0;
   connectionLost = false;
@@ -349,13 +351,17 @@ export class DeviceHealth {
 
   private checkConnection(id: string, s: DeviceState, now: number): void {
     const state = this.connection(id);
+    // A connection that delivered data and closed between two checks was up too: without
+    // this, a sender that drops right after its last message would never count as lost.
+    const sentSinceCheck = s.lastSeen !== s.seenAtCheck;
+    s.seenAtCheck = s.lastSeen;
     if (state === 'connected') {
       s.disconnectedChecks = 0;
       if (s.connectionLost) {
         s.connectionLost = false;
         this.raise(id, 'connection-restored', now, { source: s.source });
       }
-    } else if (state === 'disconnected' && (s.connection === 'connected' || s.disconnectedChecks > 0)) {
+    } else if (state === 'disconnected' && (s.connection === 'connected' || sentSinceCheck || s.disconnectedChecks > 0)) {
       s.disconnectedChecks++;
       if (!s.connectionLost && s.disconnectedChecks >= CONNECTION_DEBOUNCE_CHECKS) {
         s.connectionLost = true;

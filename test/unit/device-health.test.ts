@@ -276,6 +276,22 @@ describe('clock drift and connection events', () => {
     expect(h.health.eventLog({ limit: 10 })[0]!.detail).toEqual({ source });
   });
 
+  it('counts a connection that delivered data and closed between two checks as lost', () => {
+    const h = harness();
+    h.active.add('m1');
+    h.bound.add('m1');
+    const source = 'mllp 10.0.0.7:40000';
+    h.connection.set(source, 'disconnected');
+    h.health.check(T0 + 1000);
+    h.health.check(T0 + 2000);
+    // Never seen connected and never sent: nothing was lost.
+    expect(h.health.eventLog({ limit: 10 })).toEqual([]);
+    h.health.noteBatch('m1', batch(T0 + 2500, T0 + 2500, { source }));
+    h.health.check(T0 + 3000);
+    h.health.check(T0 + 4000);
+    expect(h.health.eventLog({ limit: 10 }).map((e) => e.type)).toEqual(['connection-lost']);
+  });
+
   it('keeps events across a reopen of the database, and seeds the event counters from them', async () => {
     const h = harness();
     h.active.add('m1');
