@@ -10,7 +10,8 @@ export type { Logger } from 'pino';
  *    smuggled into a message or an error text by a future change.
  * Raw device bytes are never logged: callers log sizes, codes and locations, not payloads.
  */
-const REDACT_PATHS = ['patient', 'cpr', 'patientName', 'pid', 'raw'].flatMap((key) => [key, `*.${key}`, `*.*.${key}`]);
+// `authorization`: a request logged with its headers must not carry the bearer token.
+const REDACT_PATHS = ['patient', 'cpr', 'patientName', 'pid', 'raw', 'authorization'].flatMap((key) => [key, `*.${key}`, `*.*.${key}`]);
 
 /** DDMMYY then four digits, not inside a longer run of digits. */
 const CPR_PATTERN = /(?<!\d)(0[1-9]|[12]\d|3[01])(0[1-9]|1[0-2])(\d{2})-?(\d{4})(?!\d)/g;
