@@ -213,3 +213,13 @@ export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs
     await new Promise((r) => setTimeout(r, 25));
   }
 }
+
+/**
+ * Re-attributes stored readings with the store's own re-attribution (what
+ * `src/pipeline/reattribute.ts` runs): the device's readings with time in [from, to) get
+ * `patient` (or none). Without the registry, so the FHIR tests stay about FHIR.
+ * @returns how many readings changed patient.
+ */
+export function reattributeStore(store: SqliteStore, device: string, from: number, to: number, patient: PatientId | null): number {
+  return store.reattribute([device], from, to, () => ({ patient, location: undefined }), 0, 1_000_000).changed;
+}

@@ -147,6 +147,11 @@ function seriesRange(device: string): [string, string] {
   return [`${device}|`, `${device}}`];
 }
 
+/** An interval end for logs: ISO 8601, or `open` for the ends that stand for ±infinity. */
+export function timeOrOpen(ms: number): string {
+  return Math.abs(ms) > 8.64e15 ? 'open' : new Date(ms).toISOString();
+}
+
 /** Correction jobs and voids in the outbox DB. Synchronous SQLite work, one thread. */
 export class Corrections {
   private readonly db: Database.Database;
@@ -224,15 +229,17 @@ export class Corrections {
 
   /**
    * Records that the store's readings of `change.device` in [from, to) were re-attributed.
-   * Durable when it returns; the work runs in the charting loop.
-   * @throws {RangeError} for an empty or unreadable interval.
+   * Durable when it returns; the work runs in the charting loop. Never throws for odd input:
+   * it is called inside the re-attribution's own transaction, which must not fail over it.
+   * Open ends (±Infinity) are clamped; an empty interval records nothing.
+   * @returns the job id, or null when there is nothing to correct.
    */
-  record(change: AttributionChange, now: number): number {
-    if (change.device === '' || !Number.isFinite(change.from) || !Number.isFinite(change.to) || change.to <= change.from) {
-      throw new RangeError('an attribution change needs a device and an interval with from < to');
-    }
+  record(change: AttributionChange, now: number): number | null {
+    const from = Number.isNaN(change.from) ? Number.MIN_SAFE_INTEGER : Math.max(change.from, Number.MIN_SAFE_INTEGER);
+    const to = Number.isNaN(change.to) ? Number.MAX_SAFE_INTEGER : Math.min(change.to, Number.MAX_SAFE_INTEGER);
+    if (change.device === '' || to <= from) return null;
     // The reason is free text from an operator; it is logged, so mask anything CPR-shaped.
-    const info = this.s.insertJob.run(change.device, change.from, change.to, scrubCpr(change.reason).slice(0, 200), now, now);
+    const info = this.s.insertJob.run(change.device, from, to, scrubCpr(change.reason).slice(0, 200), now, now);
     return Number(info.lastInsertRowid);
   }
 

@@ -20,7 +20,7 @@ import type { AttributionChange } from '../../registry/types.js';
 import { ChartingPolicy } from './charting.js';
 import type { FhirSettings } from './config.js';
 import { createAuthProvider } from './auth.js';
-import { Corrections, type CorrectionCounts, type CorrectionReport, type VoidEntry } from './corrections.js';
+import { Corrections, timeOrOpen, type CorrectionCounts, type CorrectionReport, type VoidEntry } from './corrections.js';
 import { FhirErrorCode } from './errors.js';
 import { FhirForwarder, type DeliveryFailure, type SubjectMode } from './forwarder.js';
 import { HttpClient } from './http.js';
@@ -116,7 +116,7 @@ export interface FhirCharting {
    * re-issued for the patient the store names now, or re-attributed before it is sent.
    * Call it after the store update has committed. Durable when it returns (a job in the
    * outbox DB); the work runs in the charting loop, also across restarts and EPJ outages.
-   * @throws {RangeError} for an empty interval.
+   * Safe inside the caller's transaction on the store's database (it only inserts a row).
    */
   reattributed(change: AttributionChange): void;
 }
@@ -299,7 +299,8 @@ class Charting implements FhirCharting {
 
   reattributed(change: AttributionChange): void {
     const job = this.corrections.record(change, this.clock());
-    this.log.info({ job, device: change.device, from: new Date(change.from).toISOString(), to: new Date(change.to).toISOString() }, 'binding correction recorded for the chart');
+    if (job === null) return;
+    this.log.info({ job, device: change.device, from: timeOrOpen(change.from), to: timeOrOpen(change.to) }, 'binding correction recorded for the chart');
     this.poke();
   }
 
@@ -419,8 +420,8 @@ class Charting implements FhirCharting {
       {
         job: r.job,
         device: r.device,
-        from: new Date(r.from).toISOString(),
-        to: new Date(r.to).toISOString(),
+        from: timeOrOpen(r.from),
+        to: timeOrOpen(r.to),
         reason: r.reason,
         voids: r.voids,
         reattributed: r.reattributed,
