@@ -51,6 +51,12 @@ export interface DeviceHealthOptions {
   readonly connectionOf?: (source: string) => ConnectionState;
   /** How often the timer runs `check` (ms); default 5 s. */
   readonly checkIntervalMs?: number;
+  /**
+   * A device that is not watched and not heard for this long (ms) is forgotten (it leaves the
+   * API and /metrics), so ids that came and went — or junk ids from a misconfigured sender —
+   * do not accumulate. Default 24 h.
+   */
+  readonly forgetAfterMs?: number;
   /** Gateway start: a bound device never heard since counts as silent from here. Default: construction. */
   readonly startedAt?: number;
   readonly now?: () => number;
@@ -77,6 +83,7 @@ export interface DeviceHealthSnapshot {
 }
 
 const MINUTE_MS = 60_000;
+const DAY_MS = 24 * 60 * MINUTE_MS;
 
 /**
  * Message rate: 5 one-minute slots indexed by arrival minute, rather than an EWMA. A slot
@@ -293,7 +300,13 @@ export class DeviceHealth {
       this.checkSilence(id, s, now);
       this.checkConnection(id, s, now);
     }
+    const forgetBefore = now - (o.forgetAfterMs ?? DAY_MS);
     for (const [id, s] of this.devices) {
+      if (!watched.has(id) && (s.lastSeen === null || s.lastSeen < forgetBefore)) {
+        // Deleting the current entry while iterating a Map is safe.
+        this.devices.delete(id);
+        continue;
+      }
       if (!watched.has(id)) {
         s.silent = false;
         s.connectionLost = false;

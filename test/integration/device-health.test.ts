@@ -196,6 +196,13 @@ describe('device health over HTTP with a real MLLP sender', () => {
     }
   });
 
+  it('describes its routes in the OpenAPI document', async () => {
+    const doc = await json<{ paths: Record<string, { get?: { summary?: string; parameters?: { name: string; in: string }[] } }> }>('/api/openapi.json');
+    expect(doc.paths['/api/events']?.get?.parameters?.map((p) => p.name).sort()).toEqual(['device', 'limit', 'since', 'type']);
+    expect(doc.paths['/api/devices/{id}/health']?.get?.summary).toBe('Health of one device');
+    expect(doc.paths['/metrics']?.get).toBeDefined();
+  });
+
   it('answers 404 for a device it never heard of and 400 naming a bad parameter', async () => {
     expect((await get('/api/devices/NOPE/health')).status).toBe(404);
     const bad = await get('/api/events?type=exploded');

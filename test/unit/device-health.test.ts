@@ -235,12 +235,28 @@ describe('silence', () => {
     h.bound.add('m1');
     h.health.noteBatch('unbound', batch(T0, T0));
     h.health.noteBatch('inactive', batch(T0, T0));
+    h.health.noteBatch('m1', batch(T0, T0));
     h.health.check(T0 + 5 * MIN);
     expect(h.health.eventLog({ limit: 10 }).map((e) => e.device)).toEqual(['m1']);
     h.bound.delete('m1');
     h.health.check(T0 + 6 * MIN);
     expect(h.health.snapshot('m1', T0 + 6 * MIN)!.silent).toBe(false);
     expect(h.health.eventLog({ limit: 10 }).map((e) => e.type)).toEqual(['silent']);
+  });
+});
+
+describe('forgetting', () => {
+  it('forgets a device neither watched nor heard for a day, keeps watched ones', () => {
+    const h = harness();
+    h.active.add('bound');
+    h.bound.add('bound');
+    h.health.noteBatch('gone', batch(T0, T0));
+    h.health.noteBatch('bound', batch(T0, T0));
+    h.health.check(T0 + 23 * 60 * MIN);
+    expect(h.health.all(T0 + 23 * 60 * MIN).map((s) => s.device)).toEqual(['bound', 'gone']);
+    h.health.check(T0 + 25 * 60 * MIN);
+    expect(h.health.all(T0 + 25 * 60 * MIN).map((s) => s.device)).toEqual(['bound']);
+    expect(h.health.snapshot('gone')).toBeNull();
   });
 });
 
