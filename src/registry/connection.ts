@@ -29,7 +29,11 @@ function has<K extends string>(d: object, method: K): d is Record<K, (...args: n
   return typeof (d as Record<string, unknown>)[method] === 'function';
 }
 
-/** `drivers` is read at every call, so drivers started later (or restarted) are seen. */
+/**
+ * `drivers` is read at every call, so drivers started later (or restarted) are seen. Drivers
+ * are told apart by name first (`mllp`, `mqtt-broker`, `serial:<id>`), so only serial drivers'
+ * statuses are built, and only for a serial source.
+ */
 export function connectionResolver(drivers: () => readonly Driver[]): (source: string) => ConnectionState {
   return (source) => {
     const space = source.indexOf(' ');
@@ -37,14 +41,13 @@ export function connectionResolver(drivers: () => readonly Driver[]): (source: s
     const transport = source.slice(0, space);
     const rest = source.slice(space + 1);
     for (const d of drivers()) {
-      const kind = d.status().kind;
-      if (transport === 'mllp' && kind === 'mllp' && has(d, 'isOpen')) {
+      if (transport === 'mllp' && d.name === 'mllp' && has(d, 'isOpen')) {
         return (d as unknown as MllpLike).isOpen(source) ? 'connected' : 'disconnected';
       }
-      if (transport === 'mqtt-broker' && kind === 'mqtt-broker' && has(d, 'isConnected')) {
+      if (transport === 'mqtt-broker' && d.name === 'mqtt-broker' && has(d, 'isConnected')) {
         return (d as unknown as BrokerLike).isConnected(rest) ? 'connected' : 'disconnected';
       }
-      if (transport === 'serial' && kind === 'serial') {
+      if (transport === 'serial' && d.name.startsWith('serial:')) {
         const status = d.status() as unknown as { port?: unknown; link?: unknown };
         if (status.port === rest) return status.link === 'open' ? 'connected' : 'disconnected';
       }

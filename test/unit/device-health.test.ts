@@ -335,10 +335,10 @@ describe('connection resolver', () => {
 
   it('asks the driver that owns the source', () => {
     const drivers = [
-      stub({ kind: 'mllp' }, { isOpen: (s) => s === 'mllp 10.0.0.1:4000' }),
-      stub({ kind: 'serial', port: '/dev/ttyUSB0', link: 'open' }),
-      stub({ kind: 'serial', port: '/dev/ttyUSB1', link: 'closed' }),
-      stub({ kind: 'mqtt-broker' }, { isConnected: (id) => id === 'pump-7' }),
+      stub({ name: 'mllp', kind: 'mllp' }, { isOpen: (s) => s === 'mllp 10.0.0.1:4000' }),
+      stub({ name: 'serial:a', kind: 'serial', port: '/dev/ttyUSB0', link: 'open' }),
+      stub({ name: 'serial:b', kind: 'serial', port: '/dev/ttyUSB1', link: 'closed' }),
+      stub({ name: 'mqtt-broker', kind: 'mqtt-broker' }, { isConnected: (id) => id === 'pump-7' }),
     ];
     const of = connectionResolver(() => drivers);
     expect(of('mllp 10.0.0.1:4000')).toBe('connected');
