@@ -256,6 +256,30 @@ commands.epj = {
   run: async () => 2,
 };
 
+commands.devices = {
+  summary: 'the device registry of a running gateway: list, add, update, approve, retire, bind',
+  help: '',
+  options: {},
+  allowPositionals: false,
+  passthrough: async (argv) => {
+    const { runDevicesCli } = await import('./commands/devices.js');
+    return runDevicesCli(argv);
+  },
+  run: async () => 2,
+};
+
+commands.token = {
+  summary: 'API tokens: make one (and its hash for the config), hash, list, revoke',
+  help: '',
+  options: {},
+  allowPositionals: false,
+  passthrough: async (argv) => {
+    const { runTokenCli } = await import('./commands/token.js');
+    return runTokenCli(argv);
+  },
+  run: async () => 2,
+};
+
 const MAIN_HELP = `mdi-gateway — Medical Device Integration gateway (IHE PCD-01/MLLP → IEEE 11073 / LOINC / UCUM)
 
 Usage: mdi <command> [options]
