@@ -1,13 +1,18 @@
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { ensureBootstrapToken } from './api/auth.js';
 import { createApi, type Api } from './api/server.js';
 import type { Config } from './config/schema.js';
 import type { Driver } from './driver.js';
 import { driverFactories } from './drivers.js';
 import type { Logger } from './log.js';
 import { loadMappings } from './mappings.js';
+import { Attributor } from './pipeline/attribute.js';
 import { Ingest } from './pipeline/ingest.js';
 import { Normalizer } from './pipeline/normalize.js';
+import { Reattributor } from './pipeline/reattribute.js';
+import { DeviceDrivers, syncConfigDevices } from './registry/device-drivers.js';
+import { openRegistry, type Registry } from './registry/index.js';
 import { createFhirForwarder, type FhirCharting } from './sinks/fhir/index.js';
 import type { InfluxFeeder } from './sinks/influx/index.js';
 import { MqttRepublisher } from './sinks/mqtt-republish.js';
@@ -49,6 +54,9 @@ export class Gateway {
   private epj: { url: string; close(): Promise<void> } | null = null;
   private republisher: MqttRepublisher | null = null;
   private influx: InfluxFeeder | null = null;
+  private registry: Registry | null = null;
+  private deviceDrivers: DeviceDrivers | null = null;
+  private reattributor: Reattributor | null = null;
 
   constructor(
     private readonly config: Readonly<Config>,
@@ -67,8 +75,33 @@ export class Gateway {
       groupCommitMaxRows: config.store.sqlite.groupCommitMaxRows,
     });
     this.store = store;
-    const ingest = new Ingest(new Normalizer(mappings), store);
+    // The registry lives in the store's file: a binding and the readings it decides commit there.
+    const registry = openRegistry(store.database(), config, log, () => [...this.drivers, ...(this.deviceDrivers?.drivers() ?? [])]);
+    this.registry = registry;
+    const { devices, bindings, health } = registry;
+    syncConfigDevices(config, devices, log);
+    const attributor = new Attributor(
+      { devices, bindings, clockOffsetMs: (id) => health.clockOffsetMs(devices.get(id)?.id ?? id) },
+      { unregistered: config.registry.unregistered, clockDriftLimitMs: config.registry.clockDriftLimitSeconds * 1000 },
+    );
+    const ingest = new Ingest(new Normalizer(mappings), store, {
+      attributor,
+      noteUnregistered: (id, source, at) => {
+        try {
+          const isNew = devices.get(id) === null;
+          devices.noteUnregistered(id, source, at);
+          if (isNew) log.warn({ device: id, source }, 'a device that is not registered sends data: stored, not charted, until it is approved');
+        } catch (err) {
+          log.error({ err, device: id }, 'could not record an unregistered device');
+        }
+      },
+      // Health is kept per registry device (a monitor sending as its EUI-64 is its record).
+      noteBatch: (id, stats) => health.noteBatch(devices.get(id)?.id ?? id, stats),
+    });
     this.ingest = ingest;
+    // A binding changed for past time: stored readings follow it, and charting corrects the EPJ.
+    this.reattributor = new Reattributor({ store, devices, bindings, charting: () => this.charting, log: log.child({ component: 'reattribute' }) });
+    bindings.onAttributionChange((change) => this.reattributor?.enqueue(change));
 
     try {
       // InfluxDB: a sink that tails the store; InfluxDB down delays it, never the ingest.
@@ -79,15 +112,25 @@ export class Gateway {
         this.influx.start();
       }
       const charting = await this.startCharting(store);
+      this.reattributor.start();
       const influx = this.influx;
+      const auth = { enabled: config.http.auth.enabled, tokens: config.http.auth.tokens };
+      ensureBootstrapToken({ auth, tokens: registry.tokens, dataDir, log });
       this.api = createApi({
         store,
         log,
         ready: () => this.ready,
-        drivers: () => [...this.drivers.map((d) => d.status()), ...(this.republisher ? [this.republisher.status()] : [])],
+        drivers: () => [
+          ...this.drivers.map((d) => d.status()),
+          ...(this.deviceDrivers ? this.deviceDrivers.drivers().map((d) => d.status()) : []),
+          ...(this.republisher ? [this.republisher.status()] : []),
+        ],
         counters: () => ingest.counters(),
         charting,
         influx: influx === null ? null : () => influx.status(),
+        registry: { devices, bindings, audit: registry.audit, tokens: registry.tokens },
+        health,
+        auth,
       });
       await this.api.listen({ port: config.http.port, host: config.http.host });
       const httpAddress = this.api.server.address();
@@ -111,16 +154,16 @@ export class Gateway {
         mllp = { host: config.mllp.host, port: listener.port() };
       }
 
-      // Serial devices (and TCP terminal servers): start() returns at once; a port that is
-      // missing or busy is retried with backoff and shows in /api/status, never fails the start.
-      for (const device of config.serial.devices) {
-        const driver = driverFactories.serial.create(
-          device,
-          ingest.contextFor(log.child({ driver: 'serial', device: device.deviceId }), config.timezone),
-        );
-        this.drivers.push(driver);
-        await driver.start();
-      }
+      // Serial devices (and TCP terminal servers) of the registry: start() returns at once; a
+      // port that is missing or busy is retried with backoff and shows in /api/status, never
+      // fails the start. Registry changes start and stop them from then on.
+      const deviceDrivers = new DeviceDrivers(
+        devices,
+        (device) => ingest.contextFor(log.child({ driver: 'serial', device: device.id }), config.timezone),
+        log,
+      );
+      this.deviceDrivers = deviceDrivers;
+      await deviceDrivers.start();
 
       // MQTT: the embedded broker (a port that cannot be bound fails the start, like MLLP),
       // then each external-broker subscription (start() returns at once; a broker that is
@@ -132,7 +175,8 @@ export class Gateway {
           {
             host: b.host,
             port: b.port,
-            devices: b.devices,
+            // The registry's active MQTT devices (the config's are in it): kept current below.
+            devices: deviceDrivers.brokerCredentials(),
             maxPayloadBytes: config.mqtt.maxPayloadBytes,
             maxPacketBytes: b.maxPacketBytes,
             maxConnections: b.maxConnections,
@@ -143,6 +187,7 @@ export class Gateway {
         );
         this.drivers.push(broker);
         await broker.start();
+        deviceDrivers.attachBroker(broker);
         mqtt = { host: b.host, port: broker.port() };
       }
       for (const sub of config.mqtt.subscribe) {
@@ -186,6 +231,7 @@ export class Gateway {
       }
 
       const epj = charting === null ? null : { url: this.epj?.url ?? config.fhir.baseUrl ?? '', embedded: this.epj !== null };
+      health.start();
       this.addresses = { http: { host: config.http.host, port: httpPort }, mllp, mqtt, epj };
       this.ready = true;
       log.info({ dataDir, http: this.addresses.http, mllp, mqtt, epj }, 'mdi-gateway started');
@@ -204,6 +250,11 @@ export class Gateway {
       await withTimeout(driver.stop(), 10_000, `driver ${driver.name}`, this.log);
     }
     this.drivers = [];
+    if (this.deviceDrivers) await withTimeout(this.deviceDrivers.stop(), 10_000, 'device drivers', this.log);
+    this.deviceDrivers = null;
+    this.registry?.health.stop();
+    if (this.reattributor) await withTimeout(this.reattributor.stop(), 5_000, 're-attribution', this.log);
+    this.reattributor = null;
     if (this.republisher) await withTimeout(this.republisher.stop(), 5_000, 'mqtt republish', this.log);
     this.republisher = null;
     if (this.api) await withTimeout(this.api.close(), 5_000, 'http api', this.log);

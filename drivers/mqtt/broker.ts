@@ -128,7 +128,7 @@ export class MqttBrokerDriver implements Driver {
   private readonly inFlight = new Set<Promise<unknown>>();
   /** Connections per device id: a device that reconnects takes over before the old one is gone. */
   private readonly connected = new Map<string, number>();
-  private readonly devices: ReadonlyMap<string, MqttDeviceCredential>;
+  private devices: ReadonlyMap<string, MqttDeviceCredential>;
   private readonly decode: DecodeOptions;
   private readonly counters: Record<string, number> = {
     connections: 0,
@@ -153,6 +153,17 @@ export class MqttBrokerDriver implements Driver {
   ) {
     this.devices = new Map(options.devices.map((d) => [d.deviceId, d]));
     this.decode = decodeOptions(ctx.timezone, options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES);
+  }
+
+  /**
+   * Replaces the devices allowed to connect (the registry changed). Connected clients stay;
+   * a device no longer listed is refused at its next connect, and a changed password needs
+   * scrypt again.
+   */
+  setDevices(devices: readonly MqttDeviceCredential[]): void {
+    this.devices = new Map(devices.map((d) => [d.deviceId, d]));
+    // Remembered passwords are forgotten: one scrypt per device at its next connect.
+    this.verified.clear();
   }
 
   /** Whether a client with this id (a device id) is connected now (device health). */

@@ -82,8 +82,12 @@ export const RegistryConfig = z.strictObject({
    * site whose upstream device gateway already does the association.
    */
   unregistered: z.enum(['store', 'chart']).default('store'),
-  /** A device clock this far from arrival time (s, either way) flags its readings CLOCK_DRIFT (not charted). */
-  clockDriftLimitSeconds: z.number().int().min(1).max(86_400).default(300),
+  /**
+   * A device clock this far from arrival time (s, either way) flags its readings CLOCK_DRIFT
+   * (stored, not charted: the patient bound "at the reading's time" may be the wrong one);
+   * 0 turns the check off.
+   */
+  clockDriftLimitSeconds: z.number().int().min(0).max(86_400).default(300),
   /** A bound device silent for longer than this (s) raises a `silent` event; per device it can be set in the registry. */
   expectedIntervalSeconds: z.number().int().min(1).max(86_400).default(120),
 });

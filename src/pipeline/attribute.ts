@@ -11,9 +11,11 @@
  *   patient and kept out of the chart, never silently charted to either;
  * - not bound at all: the PID the message carries, if any (a sending system that does its own
  *   association), and the location it carries;
- * - the device's clock: off by more than `clockDriftLimitMs` from arrival time (its estimate,
- *   or this batch's own offset until there is one; a reading stamped in the future always
- *   counts) flags the reading CLOCK_DRIFT, because attribution by time is then unreliable.
+ * - the device's clock: off by more than `clockDriftLimitMs` from arrival time (its estimate
+ *   from device health, which a replay of old readings does not move; or a reading stamped in
+ *   the future) flags the reading CLOCK_DRIFT, because attribution by time is then unreliable.
+ *   Before the device has an estimate, old readings are not judged: the first data after a
+ *   restart may well be a monitor's backlog.
  */
 import { Quality, type Measurement, type PatientId } from '../model/measurement.js';
 import { DeviceStatus, type Attribution, type DeviceRecord } from '../registry/types.js';
@@ -21,6 +23,7 @@ import { DeviceStatus, type Attribution, type DeviceRecord } from '../registry/t
 export interface AttributeSettings {
   /** `registry.unregistered`. */
   readonly unregistered: 'store' | 'chart';
+  /** 0: no clock check. */
   readonly clockDriftLimitMs: number;
 }
 
@@ -55,11 +58,8 @@ export class Attributor {
     private readonly settings: AttributeSettings,
   ) {}
 
-  /**
-   * State for one batch. `newestTime` is the newest reading time in it: with `received` it is
-   * the batch's own clock-offset sample, used until the device has an estimate.
-   */
-  forBatch(received: number, measurements: readonly Measurement[]): BatchAttribution {
+  /** State for one batch that arrived at `received`. */
+  forBatch(received: number): BatchAttribution {
     const { deps, settings } = this;
     const out: AttributionResult = { patient: null, location: null, flags: 0 };
     let unknown: Set<string> | null = null;
@@ -77,7 +77,7 @@ export class Attributor {
           lastId = m.deviceId;
           record = deps.devices.get(m.deviceId);
           if (record === null) (unknown ??= new Set()).add(m.deviceId);
-          const offset = deps.clockOffsetMs(m.deviceId) ?? batchOffset(received, measurements, m.deviceId);
+          const offset = limit > 0 ? deps.clockOffsetMs(m.deviceId) : null;
           drifting = offset !== null && Math.abs(offset) > limit;
         }
         let flags = 0;
@@ -86,7 +86,7 @@ export class Attributor {
             flags |= Quality.UNREGISTERED;
           }
         }
-        if (drifting || m.time > received + limit) flags |= Quality.CLOCK_DRIFT;
+        if (drifting || (limit > 0 && m.time > received + limit)) flags |= Quality.CLOCK_DRIFT;
         const a = record === null ? null : deps.bindings.attribution(record.id, m.time);
         if (a !== null && (a.bed !== null || a.patient !== null)) {
           out.patient = a.patient;
@@ -105,11 +105,4 @@ export class Attributor {
 
 function samePatient(a: PatientId, b: PatientId): boolean {
   return a.value === b.value && a.system === b.system;
-}
-
-/** Arrival minus the newest reading time of `deviceId` in the batch, or null when it has none. */
-function batchOffset(received: number, measurements: readonly Measurement[], deviceId: string): number | null {
-  let newest = Number.NEGATIVE_INFINITY;
-  for (const m of measurements) if (m.deviceId === deviceId && m.time > newest) newest = m.time;
-  return Number.isFinite(newest) ? received - newest : null;
 }

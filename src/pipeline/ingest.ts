@@ -42,7 +42,7 @@ export class Ingest {
 
   async submit(batch: IngestBatch): Promise<CommitResult> {
     const registry = this.registry;
-    const attribution = registry === null ? undefined : registry.attributor.forBatch(batch.received, batch.measurements);
+    const attribution = registry === null ? undefined : registry.attributor.forBatch(batch.received);
     const { observations, rejects } = this.normalizer.normalizeBatch(batch.measurements, batch.message?.controlId ?? null, attribution);
     const deadLetters = rejects.length === 0 ? batch.rejects : [...batch.rejects, ...rejects];
     const result = await this.store.commit({

@@ -30,10 +30,11 @@ export async function startTestGateway(overrides: ConfigInput = {}): Promise<Tes
     mqtt: { ...overrides.mqtt, broker: { enabled: false, ...overrides.mqtt?.broker } },
     // The ADT listener stays off unless asked for (it would bind 2576); when asked, on a free port.
     adt: { enabled: false, port: 0, host: '127.0.0.1', ...overrides.adt },
-    // Tests written before the registry talk to the API without a token and chart readings of
-    // devices nobody registered; a test about either sets `http.auth` / `registry` itself.
+    // Tests written before the registry talk to the API without a token, chart readings of
+    // devices nobody registered and use fixed reading times (no clock check); a test about any
+    // of these sets `http.auth` / `registry` itself.
     http: { port: 0, host: '127.0.0.1', auth: { enabled: false }, ...overrides.http },
-    registry: { unregistered: 'chart', ...overrides.registry },
+    registry: { unregistered: 'chart', clockDriftLimitSeconds: 0, ...overrides.registry },
     mllp: { port: 0, host: '127.0.0.1', ...overrides.mllp },
     log: { level: 'silent' },
   });
