@@ -133,6 +133,8 @@ class DeviceState {
   clockMinute = -1;
   clockIndex = -1;
   // Event state, owned by check().
+  /** When it became watched (bound and active): silence is not counted from before. Null: not watched. */
+  watchedSince: number | null = null;
   silent = false;
   /** When silence began: the last time heard before it (or the gateway start). */
   silentSince = 0;
@@ -156,6 +158,7 @@ export class DeviceHealth {
   private readonly now: () => number;
   private readonly startedAt: number;
   private timer: NodeJS.Timeout | null = null;
+  private checked = false;
 
   constructor(private readonly options: DeviceHealthOptions) {
     this.events = new DeviceEventLog(options.db);
@@ -283,7 +286,7 @@ export class DeviceHealth {
    * Compares each device's state with the registry and the drivers and raises the events of
    * what changed. Silence is watched for active devices that are bound now; a device that
    * stops being bound (or active) while silent is simply no longer silent (no event: it did not
-   * resume). Never throws: a failing event write is logged and retried at the next change.
+   * resume). A failing event write is logged; the event still counts and its state holds.
    */
   check(now = this.now()): void {
     const o = this.options;
@@ -297,6 +300,8 @@ export class DeviceHealth {
         s = new DeviceState();
         this.devices.set(id, s);
       }
+      // Bound at start: watched from the start. Bound later: a grace of one interval from then.
+      s.watchedSince ??= this.checked ? now : this.startedAt;
       this.checkSilence(id, s, now);
       this.checkConnection(id, s, now);
     }
@@ -308,12 +313,14 @@ export class DeviceHealth {
         continue;
       }
       if (!watched.has(id)) {
+        s.watchedSince = null;
         s.silent = false;
         s.connectionLost = false;
         s.disconnectedChecks = 0;
       }
       this.checkClock(id, s, now);
     }
+    this.checked = true;
   }
 
   /** Runs `check` every `checkIntervalMs` (unref'd: it never keeps the process alive). */
@@ -339,7 +346,8 @@ export class DeviceHealth {
   }
 
   private checkSilence(id: string, s: DeviceState, now: number): void {
-    const heard = s.lastSeen ?? this.startedAt;
+    // Last heard, but never before it was watched (or the gateway start).
+    const heard = Math.max(s.lastSeen ?? Number.NEGATIVE_INFINITY, s.watchedSince ?? this.startedAt);
     const expected = this.expectedMs(id);
     if (s.silent) {
       if (s.lastSeen !== null && s.lastSeen > s.silentSince) {

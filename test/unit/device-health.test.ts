@@ -227,6 +227,21 @@ describe('silence', () => {
     expect(h.health.eventLog({ device: 'slow', limit: 10 }).map((e) => e.type)).toEqual(['silent']);
   });
 
+  it('gives a device bound after the start one interval from the binding before it is silent', () => {
+    const h = harness();
+    h.health.noteBatch('late', batch(T0, T0));
+    h.health.check(T0 + 1000);
+    h.active.add('late');
+    h.bound.add('late');
+    h.health.check(T0 + 10 * MIN);
+    h.health.check(T0 + 10 * MIN + 59_000);
+    expect(h.health.eventLog({ limit: 10 })).toEqual([]);
+    h.health.check(T0 + 11 * MIN + 1000);
+    const [silent] = h.health.eventLog({ limit: 10 });
+    expect(silent).toMatchObject({ type: 'silent', device: 'late', detail: { lastSeen: new Date(T0).toISOString(), silentForSeconds: 61 } });
+    expect(h.health.snapshot('late', T0 + 11 * MIN + 1000)!.silentSince).toBe(new Date(T0 + 10 * MIN).toISOString());
+  });
+
   it('watches only devices that are active and bound now; unbinding clears silence without a resumed event', () => {
     const h = harness();
     h.active.add('unbound');
