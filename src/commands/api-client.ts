@@ -37,16 +37,18 @@ export interface Connection {
 
 export function connection(values: Record<string, unknown>, env: NodeJS.ProcessEnv = process.env): Connection {
   const configFile = values.config as string | undefined;
+  // An empty variable counts as unset (MDI_TOKEN= in a script).
+  const fromEnv = (name: string): string | undefined => env[name] || undefined;
   // Only what this needs of the config (dataDir, http.port); a broken config is a usage error.
   let config: { dataDir: string; http: { port: number } } | null = null;
   const loadIt = () => (config ??= loadConfig({ file: configFile, env }));
-  const url = ((values.url as string | undefined) ?? env.MDI_URL ?? (configFile ? `http://127.0.0.1:${loadIt().http.port}` : 'http://127.0.0.1:8080')).replace(/\/+$/, '');
+  const url = ((values.url as string | undefined) ?? fromEnv('MDI_URL') ?? (configFile ? `http://127.0.0.1:${loadIt().http.port}` : 'http://127.0.0.1:8080')).replace(/\/+$/, '');
   if (!/^https?:\/\/[^/]+/.test(url)) throw new CliUsageError(`--url must be an http(s) URL, got '${url}'`);
-  let token = (values.token as string | undefined) ?? env.MDI_TOKEN ?? null;
+  let token = (values.token as string | undefined) ?? fromEnv('MDI_TOKEN') ?? null;
   const tokenFile = values['token-file'] as string | undefined;
   if (token === null && tokenFile !== undefined) token = readToken(tokenFile, true);
   if (token === null) {
-    const dataDir = configFile ? loadIt().dataDir : (env.MDI_DATA_DIR ?? './data');
+    const dataDir = configFile ? loadIt().dataDir : (fromEnv('MDI_DATA_DIR') ?? './data');
     token = readToken(bootstrapTokenFile(dataDir), false);
   }
   return { url, token };

@@ -113,12 +113,14 @@ export const deviceRoutes: FastifyPluginAsync<RegistryRouteOptions> = async (app
   });
 };
 
-/** A location given with a device: end its open binding and bind it to that bed from now. */
+/**
+ * A location given with a device: bind it to that bed from now (a new open binding ends the open
+ * one: a move), or, for null, end its open binding.
+ */
 function relocate(o: RegistryRouteOptions, device: string, location: z.output<typeof BedInput> | null, actor: string): void {
-  const now = o.clock();
-  const open = o.bindings.bindings({ device, at: now, limit: 1 })[0];
+  const open = o.bindings.bindings({ device, at: o.clock(), limit: 1 })[0];
   const bed = location === null ? null : bedKeyOf(location);
   if (open !== undefined && open.bed === bed && open.to === null) return;
-  if (open !== undefined) o.bindings.unbind(device, now, actor);
-  if (bed !== null) o.bindings.bind({ device, bed, from: now }, actor);
+  if (bed === null) o.bindings.unbind(device, undefined, actor);
+  else o.bindings.bind({ device, bed }, actor);
 }
