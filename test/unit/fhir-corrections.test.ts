@@ -91,6 +91,7 @@ describe('corrections: entries not sent yet', () => {
     expect(report).toMatchObject({ voids: 0, reattributed: 1, waiting: 0, done: true });
     const after = entries(s);
     expect(after.map((e) => [e.state, e.identifier])).toEqual(before.map((e) => [e.state, e.identifier]));
+    expect(s.outbox.deliveryState(2)).toMatchObject({ state: OutboxState.QUEUED, entry: { entry: before[1]!.entry, revision: 0 } });
     expect(after.map((e) => patientOf(s, e.entry))).toEqual([A, B, A, A]);
     const claimed = s.outbox.claim(10, T0 + 3 * MINUTE);
     expect(claimed.find((c) => c.id === before[1]!.entry)!.item.readings[0]!.observation.patient).toEqual(B);
@@ -216,6 +217,11 @@ describe('corrections: entries already in the EPJ', () => {
     expect(itemIdentifier(r.item, NAMESPACE, 0)).toBe(created[0]!.identifier);
     const reissueView = s.outbox.entry(r.id)!;
     expect(reissueView).toMatchObject({ action: OutboxAction.CREATE, revision: 1, ref: voids[0]!.id });
+    // Delivery state per reading follows the correction (the series lookup alone would not).
+    const hr = created[0]!.item.readings[0]!.id;
+    expect(s.outbox.deliveryState(hr)).toMatchObject({ state: OutboxState.SENDING, entry: { entry: r.id, revision: 1 } });
+    const sys = created[1]!.item.readings[0]!.id;
+    expect(s.outbox.deliveryState(sys)).toMatchObject({ state: 'voided', entry: { entry: voids[1]!.id, action: OutboxAction.VOID, state: OutboxState.REJECTED } });
     // The job again (e.g. the lead re-sends the change): the voided entry is not voided twice.
     s.corrections.record(change(T0, T0 + 1), T0 + MINUTE);
     // The re-issue (in flight) is for B already: nothing to wait for.
@@ -257,6 +263,7 @@ describe('corrections: entries already in the EPJ', () => {
     const [v] = s.corrections.claimVoids(10, T0 + MINUTE);
     s.corrections.settleVoids([{ id: v!.id, kind: 'confirmed', fhirId: v!.target.fhirId, status: 200 }], T0 + MINUTE);
     expect(s.corrections.counts()).toMatchObject({ voided: 1, reissued: 0, voidsPending: 0 });
+    expect(s.outbox.deliveryState(1)).toMatchObject({ state: 'voided', entry: { action: OutboxAction.VOID, state: OutboxState.CONFIRMED } });
     expect(s.outbox.claim(10, T0 + MINUTE)).toHaveLength(0);
     expect(s.outbox.depth()).toBe(0);
   });

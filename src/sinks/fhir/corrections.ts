@@ -25,6 +25,7 @@ import type { AttributionChange } from '../../registry/types.js';
 import { FhirErrorCode } from './errors.js';
 import { itemIdentifier, type ChartReading } from './observation.js';
 import {
+  deviceSeriesRange,
   OutboxAction,
   OutboxState,
   type ClaimedEntry,
@@ -139,14 +140,6 @@ function withPatients(readings: readonly ChartReading[], current: ReadonlyMap<nu
   });
 }
 
-/**
- * The series key of a device's entries starts with `<device>|` (charting.ts): a range over the
- * UNIQUE (series, bucket) index finds them. `}` is the character after `|`.
- */
-function seriesRange(device: string): [string, string] {
-  return [`${device}|`, `${device}}`];
-}
-
 /** An interval end for logs: ISO 8601, or `open` for the ends that stand for ±infinity. */
 export function timeOrOpen(ms: number): string {
   return Math.abs(ms) > 8.64e15 ? 'open' : new Date(ms).toISOString();
@@ -252,7 +245,7 @@ export class Corrections {
   }
 
   private apply(job: JobRow, now: number): CorrectionReport {
-    const [lo, hi] = seriesRange(job.device);
+    const [lo, hi] = deviceSeriesRange(job.device);
     const rows = (this.s.entriesOf.all(lo, hi, job.from_time, job.to_time) as EntryRow[])
       .map((row) => ({ row, payload: JSON.parse(row.payload) as Payload }))
       // The range also matches devices whose id extends this one past a `|`.

@@ -177,7 +177,23 @@ export type DeliveryState =
       readonly state: OutboxState | 'superseded';
       /** For `superseded`: another reading represents the interval; this is its entry. */
       readonly entry: OutboxEntryView;
+    }
+  | {
+      readonly observation: number;
+      /** Charted, then withdrawn by a binding correction and not (yet) re-issued. */
+      readonly state: 'voided';
+      /** The void entry (its state says whether the EPJ has it as entered-in-error yet). */
+      readonly entry: OutboxEntryView;
     };
+
+/**
+ * The series keys of a device's entries start with `<device>|` (charting.ts): this range over the
+ * UNIQUE (series, bucket) index finds them. `}` is the character after `|`; a device whose id
+ * extends this one past a `|` is in the range too, so callers check the payload's device.
+ */
+export function deviceSeriesRange(device: string): [string, string] {
+  return [`${device}|`, `${device}}`];
+}
 
 const SCHEMA = `
 -- One row per chart entry (series × interval). UNIQUE(series, bucket) is what makes feeding
@@ -458,6 +474,11 @@ export class Outbox {
       entryBySeriesBucket: db.prepare('SELECT * FROM fhir_outbox WHERE series = ? AND bucket = ?'),
       list: db.prepare('SELECT * FROM fhir_outbox WHERE state = ? ORDER BY id DESC LIMIT ?'),
       listAll: db.prepare('SELECT * FROM fhir_outbox ORDER BY id DESC LIMIT ?'),
+      // Delivery state after a correction: a device's creates charting a reading time, newest first.
+      createsAt: db.prepare(
+        `SELECT * FROM fhir_outbox WHERE series >= ? AND series < ? AND action = '${OutboxAction.CREATE}' AND reading_time = ? ORDER BY id DESC LIMIT 16`,
+      ),
+      voidOf: db.prepare(`SELECT * FROM fhir_outbox WHERE ref = ? AND action = '${OutboxAction.VOID}'`),
       // Devices created in an EPJ: looked up before each Bundle, written once per device.
       deviceGet: db.prepare('SELECT fhir_id FROM fhir_devices WHERE endpoint = ? AND device = ?').pluck(),
       devicePut: db.prepare(
@@ -867,6 +888,10 @@ export class Outbox {
   deliveryState(observationId: number): DeliveryState {
     const [stored] = this.store.observationsAfter(observationId - 1, 1);
     if (stored === undefined || stored.id !== observationId) return { observation: observationId, state: 'unknown' };
+    // First the entry that charts this very reading: after a binding correction the series
+    // lookup below cannot find it (the series names the patient, which the correction changed).
+    const charting = this.entryCharting(stored.id, stored.observation);
+    if (charting !== null) return charting;
     const d = this.policy.decide(stored.observation);
     if (!d.chart) return { observation: observationId, state: 'not-charted', reason: d.reason };
     const row = this.s.entryBySeriesBucket.get(d.series, d.bucketStart) as EntryRow | undefined;
@@ -881,6 +906,24 @@ export class Outbox {
       return { observation: observationId, state: 'superseded', entry };
     }
     return { observation: observationId, state: row.state, entry };
+  }
+
+  /**
+   * The newest entry whose payload holds this reading (a re-issue after a correction is newer
+   * than the entry it replaces), as the reading's delivery state; `voided` when that entry was
+   * voided and not re-issued. Null when no entry holds it (superseded, pending, not charted).
+   */
+  private entryCharting(observationId: number, o: Observation): DeliveryState | null {
+    const [lo, hi] = deviceSeriesRange(o.deviceId);
+    const rows = (this.s.createsAt.all(lo, hi, o.time) as EntryRow[]).filter((r) => {
+      const p = JSON.parse(r.payload) as Payload;
+      return p.readings.some((x) => x.id === observationId) && p.readings[0]?.observation.deviceId === o.deviceId;
+    });
+    const newest = rows[0];
+    if (newest === undefined) return null;
+    const voidRow = this.s.voidOf.get(newest.id) as EntryRow | undefined;
+    if (voidRow !== undefined) return { observation: observationId, state: 'voided', entry: view(voidRow) };
+    return { observation: observationId, state: newest.state, entry: view(newest) };
   }
 
   /** The EPJ's id of the Device created for `device` at `endpoint`, if any. */
