@@ -1,6 +1,6 @@
 /**
  * Bearer-token access to the HTTP API. `/health` is open (load balancers probe it); everything
- * under `/api/` needs `Authorization: Bearer <token>`: GET and HEAD a viewer or admin token, any
+ * under `/api/`, and `/metrics`, needs `Authorization: Bearer <token>`: GET and HEAD a viewer or admin token, any
  * other method an admin token. Tokens are known only by their SHA-256 (config
  * `http.auth.tokens` and the store's `api_tokens`), compared in constant time.
  *
@@ -83,7 +83,8 @@ export function installAuth(app: ApiInstance, settings: AuthSettings | null, tok
 
   app.addHook('onRequest', async (req: FastifyRequest, reply: FastifyReply) => {
     const path = req.url.split('?', 1)[0] ?? '';
-    if (!path.startsWith('/api/') && path !== '/api') return;
+    // /metrics names every device: a viewer token like /api (Prometheus sends one as a bearer token).
+    if (!path.startsWith('/api/') && path !== '/api' && path !== '/metrics') return;
     const header = req.headers.authorization;
     if (header === undefined || header === '') {
       return deny(reply, 401, ErrorCode.AUTH_MISSING, 'this API needs a bearer token (Authorization: Bearer <token>)');

@@ -19,6 +19,7 @@ import { connectionResolver } from '../../src/registry/connection.js';
 import { DeviceHealth } from '../../src/registry/health.js';
 import { DeviceStatus, type Attribution, type DeviceRecord } from '../../src/registry/types.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
+import { hashToken } from '../../src/registry/tokens.js';
 import { MllpTestClient } from '../helpers/mllp-client.js';
 import { pcd01Message } from '../helpers/pcd01-message.js';
 
@@ -201,6 +202,32 @@ describe('device health over HTTP with a real MLLP sender', () => {
     expect(doc.paths['/api/events']?.get?.parameters?.map((p) => p.name).sort()).toEqual(['device', 'limit', 'since', 'type']);
     expect(doc.paths['/api/devices/{id}/health']?.get?.summary).toBe('Health of one device');
     expect(doc.paths['/metrics']?.get).toBeDefined();
+  });
+
+  it('wants a viewer token for /metrics when auth is on, like /api', async () => {
+    const token = 'prometheus-scraper-token';
+    const secured = createApi({
+      store,
+      log: silentLogger(),
+      ready: () => true,
+      drivers: () => [],
+      counters: () => ({}),
+      health,
+      auth: { enabled: true, tokens: [{ name: 'prometheus', role: 'viewer', hash: hashToken(token) }] },
+    });
+    await secured.listen({ port: 0, host: '127.0.0.1' });
+    try {
+      const address = secured.server.address();
+      const url = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`;
+      expect((await fetch(`${url}/metrics`)).status).toBe(401);
+      expect((await fetch(`${url}/api/health/devices`)).status).toBe(401);
+      const ok = await fetch(`${url}/metrics`, { headers: { authorization: `Bearer ${token}` } });
+      expect(ok.status).toBe(200);
+      expect(await ok.text()).toContain('# TYPE mdi_device_silent gauge');
+      expect((await fetch(`${url}/health`)).status).toBe(200);
+    } finally {
+      await secured.close();
+    }
   });
 
   it('answers 404 for a device it never heard of and 400 naming a bad parameter', async () => {
