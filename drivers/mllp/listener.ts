@@ -1,5 +1,5 @@
 import { createServer, type Server, type Socket } from 'node:net';
-import { buildAck, type AckCode } from '../../src/codec/hl7.js';
+import { buildAck, type AckCode, type AckTarget } from '../../src/codec/hl7.js';
 import { encodeFrame, MllpDecoder, type MllpError } from '../../src/codec/mllp.js';
 import { decodePcd01, type Pcd01Header } from '../../src/codec/pcd01.js';
 import { DriverState, messageDigest, type Driver, type DriverContext, type DriverStatus } from '../../src/driver.js';
@@ -21,9 +21,50 @@ export interface MllpListenerOptions {
 /** How long `stop()` waits for in-flight messages to be committed and answered. */
 const STOP_GRACE_MS = 5_000;
 
+/** The listener's counters (one set per listener, shared by its connections and handler). */
+export interface MllpCounters {
+  connections: number;
+  messages: number;
+  accepted: number;
+  rejected: number;
+  errors: number;
+  duplicates: number;
+  deadLetters: number;
+  framingErrors: number;
+}
+
+/** What a message handler may use of the connection a frame came in on. */
+export interface MllpSession {
+  /** `mllp 10.1.2.3:5123`. */
+  readonly source: string;
+  readonly ctx: DriverContext;
+  readonly counters: MllpCounters;
+  noteError(code: string): void;
+  /** Keeps refused input as a dead letter; false when even that could not be stored. */
+  deadLetter(letter: DeadLetterInput): Promise<boolean>;
+}
+
 /**
- * IHE PCD-01 over MLLP: a TCP listener that decodes ORU^R01 messages, submits their readings
- * and answers each with an original-mode ACK only after the readings are committed.
+ * What one kind of HL7 message means to the gateway. The listener owns framing, per-connection
+ * ordering of ACKs and backpressure; the handler turns one frame into its effect and its ACK.
+ */
+export interface MllpMessageHandler {
+  /** Driver name in status and logs (`mllp` for PCD-01, `adt`). */
+  readonly name: string;
+  /**
+   * Applies one message and resolves with its ACK, only once the effect is durable. Answers
+   * every failure itself (AE/AR and a dead letter): it never rejects for bad input.
+   */
+  handle(frame: Buffer, received: number, session: MllpSession): Promise<Buffer>;
+  /** The MSH of an oversized frame's head (what the listener kept of it), for its AR. */
+  headerOf(head: Buffer, session: MllpSession): { readonly target: AckTarget | null; readonly controlId: string | null };
+}
+
+/**
+ * HL7 v2 over MLLP: a TCP listener that hands each message to its `MllpMessageHandler` and
+ * answers it with the handler's original-mode ACK only after the handler's effect is durable.
+ * The default handler is IHE PCD-01 (ORU^R01 readings, submitted and committed); the ADT one
+ * (drivers/mllp/adt.ts) applies admits/transfers/discharges to bed occupancy.
  *
  * Per connection, messages may be pipelined: each is decoded as it arrives, commits proceed in
  * the store's group commit, and ACKs are written strictly in arrival order. A message that
@@ -32,14 +73,14 @@ const STOP_GRACE_MS = 5_000;
  * retries) — never AA.
  */
 export class MllpListener implements Driver {
-  readonly name = 'mllp';
+  readonly name: string;
   private server: Server | null = null;
   private readonly connections = new Set<MllpConnection>();
   private state: DriverState = DriverState.STOPPED;
   private since = Date.now();
   private lastError: string | null = null;
   private boundPort = 0;
-  readonly counters = {
+  readonly counters: MllpCounters = {
     connections: 0,
     messages: 0,
     accepted: 0,
@@ -50,10 +91,14 @@ export class MllpListener implements Driver {
     framingErrors: 0,
   };
 
+  /** `handler` defaults to IHE PCD-01 (ORU^R01/R40/R42 → readings); drivers/mllp/adt.ts is the other one. */
   constructor(
     private readonly options: MllpListenerOptions,
     private readonly ctx: DriverContext,
-  ) {}
+    private readonly handler: MllpMessageHandler = PCD01_HANDLER,
+  ) {
+    this.name = handler.name;
+  }
 
   async start(): Promise<void> {
     if (this.server) return;
@@ -62,7 +107,7 @@ export class MllpListener implements Driver {
     server.maxConnections = this.options.maxConnections;
     server.on('error', (err) => {
       this.lastError = err.message;
-      this.ctx.log.error({ err }, 'mllp listener error');
+      this.ctx.log.error({ err, listener: this.name }, 'mllp listener error');
     });
     await new Promise<void>((resolve, reject) => {
       const onError = (err: Error) => reject(err);
@@ -74,13 +119,13 @@ export class MllpListener implements Driver {
     }).catch((err: NodeJS.ErrnoException) => {
       this.setState(DriverState.DOWN);
       this.lastError = err.code ?? err.message;
-      throw new Error(`mllp: cannot listen on ${this.options.host}:${this.options.port}: ${err.message}`);
+      throw new Error(`${this.name}: cannot listen on ${this.options.host}:${this.options.port}: ${err.message}`);
     });
     this.server = server;
     const address = server.address();
     this.boundPort = typeof address === 'object' && address ? address.port : this.options.port;
     this.setState(DriverState.UP);
-    this.ctx.log.info({ host: this.options.host, port: this.boundPort }, 'mllp listening');
+    this.ctx.log.info({ host: this.options.host, port: this.boundPort, listener: this.name }, 'mllp listening');
   }
 
   port(): number {
@@ -117,7 +162,7 @@ export class MllpListener implements Driver {
 
   private accept(socket: Socket): void {
     this.counters.connections++;
-    const connection = new MllpConnection(socket, this.options, this.ctx, this);
+    const connection = new MllpConnection(socket, this.options, this.ctx, this, this.handler);
     this.connections.add(connection);
     socket.once('close', () => this.connections.delete(connection));
   }
@@ -134,9 +179,10 @@ export class MllpListener implements Driver {
 }
 
 /** One sender's connection: decoder, in-order ACK queue, backpressure. */
-class MllpConnection {
+class MllpConnection implements MllpSession {
   private readonly decoder: MllpDecoder;
   readonly source: string;
+  readonly counters: MllpCounters;
   /** The ACK of every message received so far, chained so they are written in order. */
   private tail: Promise<void> = Promise.resolve();
   private inFlight = 0;
@@ -146,9 +192,11 @@ class MllpConnection {
   constructor(
     private readonly socket: Socket,
     private readonly options: MllpListenerOptions,
-    private readonly ctx: DriverContext,
+    readonly ctx: DriverContext,
     private readonly listener: MllpListener,
+    private readonly handler: MllpMessageHandler,
   ) {
+    this.counters = listener.counters;
     this.source = `mllp ${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     this.decoder = new MllpDecoder({
       maxMessageBytes: options.maxMessageBytes,
@@ -189,62 +237,19 @@ class MllpConnection {
   }
 
   private onFrame(frame: Buffer): void {
-    // The decoder may hand out a view into a socket chunk; the ACK is built later, so copy
-    // only what we keep: decodePcd01 extracts strings, and dead letters copy their bytes.
+    // The decoder may hand out a view into a socket chunk; the ACK is built later, so the
+    // handler copies only what it keeps (decoders extract strings, dead letters copy bytes).
     const received = Date.now();
     this.listener.counters.messages++;
-    this.enqueue(this.handle(frame, received));
+    this.enqueue(this.handler.handle(frame, received, this));
   }
 
-  private async handle(frame: Buffer, received: number): Promise<Buffer> {
-    const decoded = decodePcd01(frame, { timezone: this.ctx.timezone });
-    const header = decoded.header;
-    if (decoded.fatal !== null) {
-      const code: AckCode = rejectsForGood(decoded.fatal) ? 'AR' : 'AE';
-      this.listener.counters.rejected++;
-      const stored = await this.deadLetter({
-        code: decoded.fatal.code,
-        reason: decoded.fatal.message,
-        location: decoded.fatal.location,
-        controlId: header?.controlId ?? null,
-        raw: Buffer.from(frame),
-      });
-      const problems = stored ? [decoded.fatal] : [decoded.fatal, storeProblem()];
-      return buildAck(header, code, problems);
-    }
-    const h = header!;
-    const rejects: DeadLetterInput[] = decoded.rejectedRows.map((row) => ({
-      code: row.problem.code,
-      reason: row.problem.message,
-      location: row.problem.location,
-      controlId: h.controlId,
-      raw: Buffer.from(row.raw),
-    }));
-    try {
-      const result = await this.ctx.submit({
-        received,
-        source: this.source,
-        message: { sender: senderOf(h), controlId: h.controlId, digest: messageDigest(frame) },
-        measurements: decoded.measurements,
-        rejects,
-      });
-      if (result.duplicate) this.listener.counters.duplicates++;
-      this.listener.counters.accepted++;
-      this.listener.counters.deadLetters += result.deadLetters;
-      // Accepted: the rows that were refused are reported as warnings, not as an error
-      // that would make the sender retransmit the good rows.
-      return buildAck(h, 'AA', decoded.problems);
-    } catch (err) {
-      this.listener.counters.errors++;
-      const code = err instanceof GatewayError ? err.code : ErrorCode.STORE_FAILED;
-      this.listener.noteError(code);
-      this.ctx.log.error({ source: this.source, controlId: h.controlId, code, err }, 'message not stored; answered AE');
-      return buildAck(h, 'AE', [storeProblem()]);
-    }
+  noteError(code: string): void {
+    this.listener.noteError(code);
   }
 
   /** Keeps refused input; false when even that could not be stored. */
-  private async deadLetter(letter: DeadLetterInput): Promise<boolean> {
+  async deadLetter(letter: DeadLetterInput): Promise<boolean> {
     try {
       const result = await this.ctx.submit({
         received: Date.now(),
@@ -277,10 +282,10 @@ class MllpConnection {
     };
     if (error.code === ErrorCode.MLLP_FRAME_TOO_LARGE) {
       // Answer AR so the sender does not wait forever; its MSH-10 is in the head we kept.
-      const head = decodePcd01(error.head, { timezone: this.ctx.timezone }).header;
+      const head = this.handler.headerOf(error.head, this);
       const problem: Problem = { code: error.code, message: error.message, location: '', hl7Code: '207' };
       this.listener.counters.rejected++;
-      this.enqueue(this.deadLetter({ ...letter, controlId: head?.controlId ?? null }).then(() => buildAck(head, 'AR', [problem])));
+      this.enqueue(this.deadLetter({ ...letter, controlId: head.controlId }).then(() => buildAck(head.target, 'AR', [problem])));
       return;
     }
     // Garbage and truncated frames have no message to answer: keep them and move on.
@@ -320,15 +325,75 @@ function senderOf(header: Pcd01Header): string {
 }
 
 /** HL7 table 0357: 200–203 (unsupported type/event/processing id/version) are rejections (AR). */
-function rejectsForGood(problem: Problem): boolean {
+export function rejectsForGood(problem: Problem): boolean {
   return problem.hl7Code.startsWith('2') && problem.hl7Code !== '207';
 }
 
-function storeProblem(): Problem {
+export function storeProblem(): Problem {
   return {
     code: ErrorCode.STORE_FAILED,
     message: 'the gateway could not store the message; send it again later',
     location: '',
     hl7Code: '207',
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// IHE PCD-01: readings (the benchmarked hot path: decodePcd01 straight on the frame)
+
+/** ORU^R01/R40/R42 → Measurements, ACKed after the durable commit. */
+export const PCD01_HANDLER: MllpMessageHandler = {
+  name: 'mllp',
+  handle: handlePcd01,
+  headerOf(head, session) {
+    const header = decodePcd01(head, { timezone: session.ctx.timezone }).header;
+    return { target: header, controlId: header?.controlId ?? null };
+  },
+};
+
+async function handlePcd01(frame: Buffer, received: number, session: MllpSession): Promise<Buffer> {
+  const decoded = decodePcd01(frame, { timezone: session.ctx.timezone });
+  const header = decoded.header;
+  if (decoded.fatal !== null) {
+    const code: AckCode = rejectsForGood(decoded.fatal) ? 'AR' : 'AE';
+    session.counters.rejected++;
+    const stored = await session.deadLetter({
+      code: decoded.fatal.code,
+      reason: decoded.fatal.message,
+      location: decoded.fatal.location,
+      controlId: header?.controlId ?? null,
+      raw: Buffer.from(frame),
+    });
+    const problems = stored ? [decoded.fatal] : [decoded.fatal, storeProblem()];
+    return buildAck(header, code, problems);
+  }
+  const h = header!;
+  const rejects: DeadLetterInput[] = decoded.rejectedRows.map((row) => ({
+    code: row.problem.code,
+    reason: row.problem.message,
+    location: row.problem.location,
+    controlId: h.controlId,
+    raw: Buffer.from(row.raw),
+  }));
+  try {
+    const result = await session.ctx.submit({
+      received,
+      source: session.source,
+      message: { sender: senderOf(h), controlId: h.controlId, digest: messageDigest(frame) },
+      measurements: decoded.measurements,
+      rejects,
+    });
+    if (result.duplicate) session.counters.duplicates++;
+    session.counters.accepted++;
+    session.counters.deadLetters += result.deadLetters;
+    // Accepted: the rows that were refused are reported as warnings, not as an error
+    // that would make the sender retransmit the good rows.
+    return buildAck(h, 'AA', decoded.problems);
+  } catch (err) {
+    session.counters.errors++;
+    const code = err instanceof GatewayError ? err.code : ErrorCode.STORE_FAILED;
+    session.noteError(code);
+    session.ctx.log.error({ source: session.source, controlId: h.controlId, code, err }, 'message not stored; answered AE');
+    return buildAck(h, 'AE', [storeProblem()]);
+  }
 }

@@ -127,14 +127,17 @@ function trimmedEquals(bytes: Uint8Array, s: number, e: number, text: string): b
   return bytesEqual(bytes, s, e, text);
 }
 
-/** PV1-3 (PL): point of care / room / bed, the non-empty ones joined by `/`; `null` if none. */
-export function readLocation(seg: Hl7Segment): string | null {
+/**
+ * PV1-3 (PL): point of care / room / bed, the non-empty ones joined by `/`; `null` if none.
+ * `field` reads another PL of the segment the same way (PV1-6 prior location for ADT).
+ */
+export function readLocation(seg: Hl7Segment, field = 3): string | null {
   let out = '';
   for (let c = 1; c <= 3; c++) {
-    let part = seg.get(3, c).trim();
+    let part = seg.get(field, c).trim();
     if (part === '') {
       // A component sent only as subcomponents (`^^&24`): take the first non-empty one.
-      for (let s = 2; s <= 4 && part === ''; s++) part = seg.get(3, c, s).trim();
+      for (let s = 2; s <= 4 && part === ''; s++) part = seg.get(field, c, s).trim();
     }
     if (part !== '') out = out === '' ? part : `${out}/${part}`;
   }
