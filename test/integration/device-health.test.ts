@@ -8,7 +8,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import mqtt from 'mqtt';
 import { MllpListener } from '../../drivers/mllp/listener.js';
+import { hashSecret } from '../../drivers/mqtt/auth.js';
+import { MqttBrokerDriver } from '../../drivers/mqtt/broker.js';
+import { readingsTopic } from '../../drivers/mqtt/payload.js';
 import { createApi, type Api } from '../../src/api/server.js';
 import { silentLogger } from '../../src/log.js';
 import { loadMappings } from '../../src/mappings.js';
@@ -49,6 +53,7 @@ describe('device health over HTTP with a real MLLP sender', () => {
   let store: SqliteStore;
   let health: DeviceHealth;
   let listener: MllpListener;
+  let broker: MqttBrokerDriver;
   let api: Api;
   let base: string;
 
@@ -92,7 +97,7 @@ describe('device health over HTTP with a real MLLP sender', () => {
     dir = mkdtempSync(join(tmpdir(), 'mdi-health-it-'));
     store = new SqliteStore({ file: join(dir, 'mdi.sqlite') });
     const log = silentLogger();
-    let drivers: MllpListener[] = [];
+    let drivers: (MllpListener | MqttBrokerDriver)[] = [];
     health = new DeviceHealth({
       db: store.database(),
       log,
@@ -121,8 +126,18 @@ describe('device health over HTTP with a real MLLP sender', () => {
       { host: '127.0.0.1', port: 0, maxMessageBytes: 1 << 20, maxConnections: 10, maxInFlight: 8, idleTimeoutMs: 0 },
       ingest.contextFor(log, 'Europe/Copenhagen'),
     );
-    drivers = [listener];
+    broker = new MqttBrokerDriver(
+      {
+        port: 0,
+        host: '127.0.0.1',
+        // Low scrypt cost: this test is about connection state, not password strength.
+        devices: [{ deviceId: 'pump-1', passwordHash: await hashSecret('pump secret', { N: 1024, r: 8, p: 1 }) }],
+      },
+      ingest.contextFor(log, 'Europe/Copenhagen'),
+    );
+    drivers = [listener, broker];
     await listener.start();
+    await broker.start();
     api = createApi({ store, log, ready: () => true, drivers: () => [listener.status()], counters: () => ingest.counters(), health });
     await api.listen({ port: 0, host: '127.0.0.1' });
     const address = api.server.address();
@@ -132,6 +147,7 @@ describe('device health over HTTP with a real MLLP sender', () => {
   afterAll(async () => {
     health?.stop();
     await listener?.stop();
+    await broker?.stop();
     await api?.close();
     await store?.close();
     rmSync(dir, { recursive: true, force: true });
@@ -195,6 +211,24 @@ describe('device health over HTTP with a real MLLP sender', () => {
       expect(text).not.toContain(CPR);
       expect(text).not.toContain('Søren');
     }
+  });
+
+  it('shows an MQTT device connected to the embedded broker, and disconnected when it leaves', async () => {
+    const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${broker.port()}`, {
+      clientId: 'pump-1',
+      username: 'pump-1',
+      password: 'pump secret',
+      reconnectPeriod: 0,
+    });
+    await client.publishAsync(readingsTopic('pump-1'), JSON.stringify({ ts: Date.now(), readings: [{ code: '150456', value: 97, unit: '%' }] }), { qos: 1 });
+    const snap = await json<Record<string, unknown>>('/api/devices/pump-1/health');
+    expect(snap).toMatchObject({ device: 'pump-1', messages: 1, readings: 1, connection: 'connected', source: 'mqtt-broker pump-1' });
+    expect((await get('/metrics')).text).toContain('mdi_device_connected{device="pump-1"} 1');
+    await client.endAsync();
+    await until('the MQTT device to show as disconnected', async () => {
+      const s = await json<{ connection: string }>('/api/devices/pump-1/health');
+      return s.connection === 'disconnected' ? s : undefined;
+    });
   });
 
   it('describes its routes in the OpenAPI document', async () => {
