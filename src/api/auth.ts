@@ -67,6 +67,14 @@ export function findGrant(token: string, grants: readonly (readonly TokenGrant[]
   return found;
 }
 
+/**
+ * Which paths need a token: everything under /api, and /metrics (it names every device; a viewer
+ * token, which Prometheus sends as a bearer token). /health stays open for load balancers.
+ */
+export function needsToken(path: string): boolean {
+  return path.startsWith('/api/') || path === '/api' || path === '/metrics';
+}
+
 function deny(reply: FastifyReply, status: 401 | 403, code: string, error: string): FastifyReply {
   if (status === 401) void reply.header('WWW-Authenticate', 'Bearer realm="mdi-gateway"');
   return reply.code(status).send({ error, code });
@@ -82,9 +90,10 @@ export function installAuth(app: ApiInstance, settings: AuthSettings | null, tok
   const grants = (): readonly (readonly TokenGrant[])[] => [settings.tokens, tokens?.grants() ?? []];
 
   app.addHook('onRequest', async (req: FastifyRequest, reply: FastifyReply) => {
-    const path = req.url.split('?', 1)[0] ?? '';
-    // /metrics names every device: a viewer token like /api (Prometheus sends one as a bearer token).
-    if (!path.startsWith('/api/') && path !== '/api' && path !== '/metrics') return;
+    // The matched route's pattern, not the raw URL: the router decodes `/%61pi/devices` into
+    // /api/devices, which a check of the raw text would let through.
+    const path = req.routeOptions.url ?? req.url.split('?', 1)[0] ?? '';
+    if (!needsToken(path)) return;
     const header = req.headers.authorization;
     if (header === undefined || header === '') {
       return deny(reply, 401, ErrorCode.AUTH_MISSING, 'this API needs a bearer token (Authorization: Bearer <token>)');

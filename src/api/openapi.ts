@@ -8,6 +8,7 @@
  * with zod schemas for query, body and params (converted by `z.toJSONSchema`, input side: what
  * a client sends). A route without `doc` is still listed, with its path parameters.
  */
+import { needsToken } from './auth.js';
 import type { ApiInstance } from './http.js';
 import { z } from 'zod';
 
@@ -71,7 +72,7 @@ function operation(route: CollectedRoute): JsonSchema {
     const { description, schema } = typeof r === 'string' ? { description: r, schema: undefined } : r;
     responses[status] = { description, ...(schema ? { content: { 'application/json': { schema: jsonSchema(schema) } } } : {}) };
   }
-  if (route.url.startsWith('/api/')) {
+  if (needsToken(route.url)) {
     responses['401'] ??= { description: 'no token, or an unknown one' };
     if (route.method !== 'GET') responses['403'] ??= { description: 'the token is not an admin token' };
   }
@@ -84,7 +85,7 @@ function operation(route: CollectedRoute): JsonSchema {
     ...(doc?.body ? { requestBody: { required: true, content: { 'application/json': { schema: jsonSchema(doc.body) } } } } : {}),
     responses,
     // /health is open; everything under /api needs a token.
-    ...(route.url.startsWith('/api/') ? {} : { security: [] }),
+    ...(needsToken(route.url) ? {} : { security: [] }),
   };
 }
 

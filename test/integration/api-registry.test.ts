@@ -140,6 +140,9 @@ describe('registry API', () => {
     expect(bad.json.code).toBe('MDI_ERR_AUTH_INVALID');
     // Also routes that are not the registry's.
     expect((await http('GET', '/api/status', null)).status).toBe(401);
+    // The router decodes %61 to a: the check goes by the matched route, not the raw URL.
+    expect((await http('GET', '/%61pi/devices', null)).status).toBe(401);
+    expect((await http('GET', '/%61pi/devices', viewer)).status).toBe(200);
   });
 
   it('lets a viewer read but not change (403 naming the role)', async () => {
