@@ -114,10 +114,11 @@ Exit code 0 when every input decoded without problems, 1 when any had problems.`
     },
   },
   simulate: {
-    summary: 'play simulated devices against a gateway (pcd01, masimo, medibus, bbraun, mqtt)',
+    summary: 'play simulated devices against a gateway (pcd01, masimo, medibus, bbraun, mqtt, adt)',
     help: `Usage: mdi simulate pcd01 --to HOST:PORT [options]
        mdi simulate masimo|medibus|bbraun [--port PATH | --tcp-port N] [options]
        mdi simulate mqtt --to mqtt://HOST:PORT --devices N --rate R [options]
+       mdi simulate adt --to HOST:PORT --beds ICU/1/1,ICU/1/2 [options]
 
 Plays patient monitors and infusion pumps that send IHE PCD-01 over MLLP, with plausible,
 slowly drifting values, and reports ACKs (AA/AE/AR), rate and ACK latency (p50/p95/p99).
@@ -160,7 +161,16 @@ MQTT devices (topic mdi/v1/devices/<id>/readings, QoS 1, one message in flight p
   --prefix P          device id prefix (default sim-mon)
   --print-config      print the mqtt.broker block (scrypt hashes) for the gateway, then exit
   --no-auth           connect without user name and password (an open external broker)
-  --faults bad-json   send some messages truncated (--fault-rate, default 0.01)`,
+  --faults bad-json   send some messages truncated (--fault-rate, default 0.01)
+
+ADT feed of a ward (HL7 v2 ADT A01/A02/A03/A04/A08, cancels A11/A12/A13) over MLLP:
+  --to HOST:PORT      the gateway's ADT listener (default 127.0.0.1:2576)
+  --beds LIST         comma list of bed keys ward/room/bed (default ICU/1/1,ICU/1/2,ICU/2/1,ICU/2/2)
+  --patients N        synthetic patients (fake CPR numbers born 1900…; default 2 per bed)
+  --rate R            ADT messages per second, one in flight (default 1)
+  --transfer-every S  mean seconds between transfers (default 600; 0 = none)
+  --cancels           now and then cancel the admit/transfer/discharge just sent
+  --count C, --duration S, --seed S, --charset C   as above`,
     options: {
       to: { type: 'string' },
       devices: { type: 'string' },
@@ -182,6 +192,10 @@ MQTT devices (topic mdi/v1/devices/<id>/readings, QoS 1, one message in flight p
       prefix: { type: 'string' },
       'print-config': { type: 'boolean' },
       'no-auth': { type: 'boolean' },
+      beds: { type: 'string' },
+      patients: { type: 'string' },
+      'transfer-every': { type: 'string' },
+      cancels: { type: 'boolean' },
     },
     allowPositionals: true,
     async run(values, positionals) {

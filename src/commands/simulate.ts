@@ -21,11 +21,18 @@ export async function runSimulate(positionals: string[], values: Record<string, 
     const { runMqttSimulate } = await import('./simulate-mqtt.js');
     return runMqttSimulate(values);
   }
+  if (kind === 'adt') {
+    const { runAdtSimulate } = await import('./simulate-adt.js');
+    return runAdtSimulate(values);
+  }
   if (kind !== 'pcd01') {
-    throw new UsageError(kind ? `unknown simulator '${kind}' (available: pcd01, masimo, medibus, bbraun, mqtt)` : 'name a simulator: pcd01, masimo, medibus, bbraun, mqtt');
+    throw new UsageError(kind ? `unknown simulator '${kind}' (available: pcd01, masimo, medibus, bbraun, mqtt, adt)` : 'name a simulator: pcd01, masimo, medibus, bbraun, mqtt, adt');
   }
   for (const name of ['secret', 'prefix', 'print-config', 'no-auth']) {
     if (values[name] !== undefined) throw new UsageError(`--${name} is for the mqtt simulator, not for pcd01`);
+  }
+  for (const name of ['beds', 'patients', 'transfer-every', 'cancels']) {
+    if (values[name] !== undefined) throw new UsageError(`--${name} is for the adt simulator, not for pcd01`);
   }
   for (const name of ['port', 'tcp-port', 'pause-ms', 'unplug-ms', 'interval-ms']) {
     if (values[name] !== undefined) throw new UsageError(`--${name} is for the serial simulators, not for pcd01`);
