@@ -110,7 +110,20 @@ describe('binding corrections in the EPJ', () => {
     // Somebody edits one Observation in the EPJ between our read and our write: the first PUT
     // answers 412, the void reads again and succeeds.
     let conflicts = 0;
-    proxy.hook = ({ method }) => (method === 'PUT' && conflicts++ === 0 ? { status: 412, body: { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'conflict' }] } } : undefined);
+    // The order of writes: every void (PUT) of a reading before the re-issue (POST) of it.
+    const writes: { method: string; keys: string[] }[] = [];
+    const keyOf = (o: FhirObservation) => `${o.code.coding?.[0]?.code}|${timeOf(o)}`;
+    proxy.hook = ({ method, path, body }) => {
+      if (method === 'PUT') {
+        if (conflicts++ === 0) return { status: 412, body: { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'conflict' }] } };
+        const put = JSON.parse(body.toString()) as FhirObservation;
+        writes.push({ method, keys: [keyOf(put)] });
+      } else if (method === 'POST' && path === '') {
+        const bundle = JSON.parse(body.toString()) as { entry?: { resource?: FhirObservation }[] };
+        writes.push({ method, keys: (bundle.entry ?? []).filter((e) => e.resource?.resourceType === 'Observation').map((e) => keyOf(e.resource!)) });
+      }
+      return undefined;
+    };
 
     expect(reattributeStore(store, DEVICE, from, to, B)).toBe(8);
     charting.reattributed({ device: DEVICE, from, to, reason: 'binding corrected by token:test' });
@@ -134,6 +147,13 @@ describe('binding corrections in the EPJ', () => {
     expect(reissued.some((o) => voidedIds.has(o.identifier![0]!.value))).toBe(false);
     expect(conflicts).toBeGreaterThan(1);
     expect(proxy.requests.filter((r) => r.method === 'PUT' && r.status === 412)).toHaveLength(1);
+    for (const o of reissued) {
+      const key = keyOf(o);
+      const voidedAt = writes.findIndex((w) => w.method === 'PUT' && w.keys.includes(key));
+      const postedAt = writes.findIndex((w) => w.method === 'POST' && w.keys.includes(key));
+      expect(voidedAt).toBeGreaterThanOrEqual(0);
+      expect(postedAt).toBeGreaterThan(voidedAt);
+    }
 
     // What the API shows: voids as entries of their own, re-issues with revision 1.
     const status = charting.status();
@@ -201,5 +221,32 @@ describe('binding corrections in the EPJ', () => {
     expect(voided).toHaveLength(3);
     expect(voided.every((o) => timeOf(o) === t0 + 3 * 60 * SECOND)).toBe(true);
     expect(charting.status().corrections).toMatchObject({ voided: 3, reissued: 0 });
+  }, 60_000);
+
+  it('a void the EPJ refuses is a dead letter with its OperationOutcome (CPR masked); no re-issue without it', async () => {
+    const epj = await epjWith();
+    const proxy = await startRecordingProxy(epj.url);
+    cleanups.push(() => proxy.close());
+    const { store } = tempStore();
+    cleanups.push(() => store.close());
+    const charting = await chartingTo(proxy.url, store);
+    const t0 = Date.now() - 3_600_000;
+    await chartForA(epj.url, charting, store, t0);
+    proxy.hook = ({ method }) =>
+      method === 'PUT'
+        ? { status: 422, body: { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'business-rule', diagnostics: `locked chart of ${A.value}` }] } }
+        : undefined;
+    reattributeStore(store, DEVICE, t0, t0 + 1, B);
+    charting.reattributed({ device: DEVICE, from: t0, to: t0 + 1, reason: 'binding corrected by token:test' });
+    await waitFor(settled(charting, store), 20_000, 'settled');
+    const rejected = charting.entries(OutboxState.REJECTED, 100);
+    expect(rejected).toHaveLength(3);
+    expect(rejected.every((e) => e.action === OutboxAction.VOID && e.httpStatus === 422 && e.errorCode !== null)).toBe(true);
+    expect(JSON.stringify(rejected)).not.toContain(A.value);
+    expect(JSON.stringify(rejected[0]!.outcome)).toContain('business-rule');
+    expect(charting.status().corrections).toMatchObject({ voided: 0, reissued: 0 });
+    const after = await allResources<FhirObservation>(epj.url, 'Observation');
+    expect(after).toHaveLength(12);
+    expect(after.every((o) => o.status === 'final' && subjectOf(o) === 'Patient/pat-0')).toBe(true);
   }, 60_000);
 });

@@ -121,6 +121,9 @@ export interface FhirCharting {
   reattributed(change: AttributionChange): void;
 }
 
+/** A claimed batch: creates (conditional creates of Observations) or voids (entered-in-error). */
+type Claimed = { readonly action: 'create'; readonly batch: ClaimedEntry[] } | { readonly action: 'void'; readonly batch: VoidEntry[] };
+
 /** One-second slots of confirmations for delivered/s (a minute of history). */
 const RATE_SLOTS = 60;
 /** Housekeeping (expiry, pruning, re-count) runs this often, ms. */
@@ -395,12 +398,12 @@ class Charting implements FhirCharting {
     while (this.inflight.size < limit) {
       const voids = this.corrections.claimVoids(this.s.batchSize, now);
       if (voids.length === 0) break;
-      this.track(voids, this.send(voids, 'void'));
+      this.track(voids, this.send({ action: 'void', batch: voids }));
     }
     while (this.inflight.size < limit) {
       const batch = this.outbox.claim(this.s.batchSize, now);
       if (batch.length === 0) return;
-      this.track(batch, this.send(batch, 'create'));
+      this.track(batch, this.send({ action: 'create', batch }));
     }
   }
 
@@ -433,9 +436,10 @@ class Charting implements FhirCharting {
   }
 
   /** Delivers one claimed batch and records the outcome. Never rejects (it runs detached). */
-  private async send(batch: ClaimedEntry[] | VoidEntry[], action: 'create' | 'void'): Promise<void> {
+  private async send(work: Claimed): Promise<void> {
+    const batch: readonly ClaimedEntry[] = work.batch;
     try {
-      await this.deliverAndSettle(batch, action);
+      await this.deliverAndSettle(work);
     } catch (err) {
       // Only our own database work can land here (deliver() never rejects). The entries stay
       // claimed in the database; put them back so they are not stuck until the next start.
@@ -454,11 +458,12 @@ class Charting implements FhirCharting {
     }
   }
 
-  private async deliverAndSettle(batch: ClaimedEntry[] | VoidEntry[], action: 'create' | 'void'): Promise<void> {
+  private async deliverAndSettle(work: Claimed): Promise<void> {
     const report =
-      action === 'void' ? await this.voids.deliver(batch as VoidEntry[], this.abort.signal) : await this.forwarder.deliver(batch, this.abort.signal);
+      work.action === 'void' ? await this.voids.deliver(work.batch, this.abort.signal) : await this.forwarder.deliver(work.batch, this.abort.signal);
+    // A confirmed void queues its re-issue in the same transaction (corrections.ts).
     const settle = (results: readonly EntryResult[], at: number) =>
-      action === 'void' ? this.corrections.settleVoids(results, at) : this.outbox.settle(results, at);
+      work.action === 'void' ? this.corrections.settleVoids(results, at) : this.outbox.settle(results, at);
     const now = this.clock();
     if (report.reached) {
       this.lastContact = now;

@@ -1,12 +1,16 @@
 /**
  * HTTP API of the outbox (a fastify plugin), for operators and the EPJ's integration team:
  *
- * - `GET /api/outbox`: depth, oldest age, delivered/s, last error, whether the EPJ is reachable.
+ * - `GET /api/outbox`: depth, oldest age, delivered/s, last error, whether the EPJ is reachable,
+ *   binding corrections (jobs pending, voids waiting, voided and re-issued since start).
  * - `GET /api/outbox/entries?state=rejected&limit=100`: entries, newest first; dead letters are
- *   `state=rejected` and carry the EPJ's OperationOutcome.
+ *   `state=rejected` and carry the EPJ's OperationOutcome. `action` says what an entry does:
+ *   `create` (chart; `revision` > 0 for a re-issue after a correction) or `void` (set the
+ *   Observation charted for the wrong patient to entered-in-error; `ref` is the voided entry).
  * - `GET /api/outbox/entries/:id`: one entry.
  * - `GET /api/outbox/observations/:id`: delivery state of one stored reading (queued, sending,
- *   confirmed, rejected with reason, superseded by the interval's representative, not charted).
+ *   confirmed, rejected with reason, superseded by the interval's representative, voided by a
+ *   correction, not charted).
  *
  * No patient data in any answer: entries show device, metric, time and identifiers only, and
  * OperationOutcome texts have CPR-shaped numbers masked.
