@@ -22,6 +22,8 @@ import { SqliteStore } from './store/sqlite.js';
 export interface GatewayAddresses {
   readonly http: { host: string; port: number };
   readonly mllp: { host: string; port: number } | null;
+  /** The ADT listener, or null when `adt.enabled` is false. */
+  readonly adt?: { host: string; port: number } | null;
   /** The embedded MQTT broker, or null when `mqtt.broker.enabled` is false. */
   readonly mqtt?: { host: string; port: number } | null;
   /** The EPJ the gateway charts to (the embedded stand-in's URL when `fhir.baseUrl` is absent), or null. */
@@ -154,6 +156,18 @@ export class Gateway {
         mllp = { host: config.mllp.host, port: listener.port() };
       }
 
+      // ADT: who lies in which bed. Applied to the bindings (durable) before each ACK.
+      let adt: GatewayAddresses['adt'] = null;
+      if (config.adt.enabled) {
+        const listener = driverFactories.adt.create(
+          { host: config.adt.host, port: config.adt.port, maxMessageBytes: config.adt.maxMessageBytes, maxConnections: config.adt.maxConnections, bindings },
+          ingest.contextFor(log.child({ driver: 'adt' }), config.timezone),
+        );
+        this.drivers.push(listener);
+        await listener.start();
+        adt = { host: config.adt.host, port: listener.port() };
+      }
+
       // Serial devices (and TCP terminal servers) of the registry: start() returns at once; a
       // port that is missing or busy is retried with backoff and shows in /api/status, never
       // fails the start. Registry changes start and stop them from then on.
@@ -232,9 +246,9 @@ export class Gateway {
 
       const epj = charting === null ? null : { url: this.epj?.url ?? config.fhir.baseUrl ?? '', embedded: this.epj !== null };
       health.start();
-      this.addresses = { http: { host: config.http.host, port: httpPort }, mllp, mqtt, epj };
+      this.addresses = { http: { host: config.http.host, port: httpPort }, mllp, adt, mqtt, epj };
       this.ready = true;
-      log.info({ dataDir, http: this.addresses.http, mllp, mqtt, epj }, 'mdi-gateway started');
+      log.info({ dataDir, http: this.addresses.http, mllp, adt, mqtt, epj }, 'mdi-gateway started');
       return this.addresses;
     } catch (err) {
       await this.stop();
