@@ -82,7 +82,8 @@ function operation(route: CollectedRoute): JsonSchema {
     ...(doc?.tags ? { tags: doc.tags } : {}),
     operationId: `${route.method.toLowerCase()}${route.url.replace(/[^A-Za-z0-9]+(.)?/g, (_m, c: string | undefined) => (c ?? '').toUpperCase())}`,
     ...(params.length ? { parameters: params } : {}),
-    ...(doc?.body ? { requestBody: { required: true, content: { 'application/json': { schema: jsonSchema(doc.body) } } } } : {}),
+    // A body whose every field is optional may be left out (POST …/retire, …/unbind).
+    ...(doc?.body ? { requestBody: { required: !doc.body.safeParse({}).success, content: { 'application/json': { schema: jsonSchema(doc.body) } } } } : {}),
     responses,
     // /health is open; everything under /api needs a token.
     ...(needsToken(route.url) ? {} : { security: [] }),

@@ -222,7 +222,8 @@ describe('registry API', () => {
       `${m} ${p.split('?')[0]!.replace('/mon-1', '/{id}').replace('/pump%2F1', '/{id}').replace('/ICU%2F1%2F3', '/{bed}').replace('/tokens/ci', '/tokens/{name}')}`,
     );
     for (const e of [...expected, 'GET /health', 'GET /api/status', 'GET /api/observations', 'GET /api/openapi.json']) expect(listed, e).toContain(e);
-    expect(doc.paths['/api/devices']!.post!.requestBody).toBeDefined();
+    expect(doc.paths['/api/devices']!.post!.requestBody).toMatchObject({ required: true });
+    expect(doc.paths['/api/devices/{id}/retire']!.post!.requestBody).toMatchObject({ required: false });
     expect(doc.paths['/api/devices/{id}']!.get!.parameters).toEqual(expect.arrayContaining([expect.objectContaining({ name: 'id', in: 'path' })]));
     expect(doc.paths['/api/audit']!.get!.parameters!.map((p) => p.name)).toEqual(expect.arrayContaining(['entity', 'id', 'actor', 'since', 'limit']));
   });
@@ -266,6 +267,27 @@ describe('registry API', () => {
     expect(help.code).toBe(0);
     expect(help.stdout).toMatch(/Examples:[\s\S]*mdi devices add/);
   }, 120_000);
+
+  it('runs mdi token against the gateway and offline', async () => {
+    const env = { MDI_URL: url, MDI_DATA_DIR: dir };
+    const offline = await mdi(['token', 'new', '--name', 'bob', '--role', 'viewer']);
+    expect(offline.code).toBe(0);
+    const token = /token:\s+(mdi_\S+)/.exec(offline.stdout)![1]!;
+    const hash = /hash:\s+(sha256:[0-9a-f]{64})/.exec(offline.stdout)![1]!;
+    expect(hash).toBe(hashToken(token));
+    const hashed = await mdi(['token', 'hash'], { input: `${token}\n` });
+    expect(hashed.stdout.trim()).toBe(hash);
+    const stored = await mdi(['token', 'new', '--name', 'carl', '--role', 'viewer', '--store', '--json'], { env });
+    expect(stored.code, stored.stderr).toBe(0);
+    const made = JSON.parse(stored.stdout) as { token: string };
+    expect((await http('GET', '/api/devices', made.token)).status).toBe(200);
+    const list = await mdi(['token', 'list'], { env });
+    expect(list.stdout).toMatch(/^carl\s+viewer\s+store/m);
+    expect(list.stdout).toMatch(/^vera\s+viewer\s+config/m);
+    expect((await mdi(['token', 'revoke', 'carl'], { env })).code).toBe(0);
+    expect((await http('GET', '/api/devices', made.token)).status).toBe(401);
+    expect((await mdi(['token', 'new', '--name', 'x', '--role', 'root'])).code).toBe(2);
+  }, 60_000);
 
   it('never shows a CPR number in an answer or a log line, nor a token in a log line', () => {
     // The test is only meaningful if the CPR went in and things were logged.
