@@ -249,4 +249,24 @@ describe('binding corrections in the EPJ', () => {
     expect(after).toHaveLength(12);
     expect(after.every((o) => o.status === 'final' && subjectOf(o) === 'Patient/pat-0')).toBe(true);
   }, 60_000);
+
+  it('an Observation deleted in the EPJ meanwhile counts as voided (410), and is re-issued for the right patient', async () => {
+    const epj = await epjWith();
+    const { store } = tempStore();
+    cleanups.push(() => store.close());
+    const charting = await chartingTo(epj.url, store);
+    const t0 = Date.now() - 3_600_000;
+    const before = await chartForA(epj.url, charting, store, t0);
+    const gone = before.find((o) => timeOf(o) === t0 && o.code.coding?.[0]?.code === '8867-4')!;
+    expect((await fetch(`${epj.url}/Observation/${gone.id}`, { method: 'DELETE' })).status).toBeLessThan(300);
+    reattributeStore(store, DEVICE, t0, t0 + 1, B);
+    charting.reattributed({ device: DEVICE, from: t0, to: t0 + 1, reason: 'binding corrected by token:test' });
+    await waitFor(settled(charting, store), 20_000, 'corrected');
+    expect(charting.status().corrections).toMatchObject({ voided: 3, reissued: 3 });
+    const voids = charting.entries(undefined, 100).filter((e) => e.action === OutboxAction.VOID);
+    expect(voids.map((v) => v.httpStatus).sort()).toEqual([200, 200, 410]);
+    const after = await allResources<FhirObservation>(epj.url, 'Observation');
+    expect(after.filter((o) => o.status === 'entered-in-error')).toHaveLength(2);
+    expect(after.filter((o) => subjectOf(o) === 'Patient/pat-1' && o.status === 'final')).toHaveLength(3);
+  }, 60_000);
 });

@@ -6,6 +6,7 @@
  * await charting.start();        // resumes whatever a previous run left in the outbox
  * charting.status();             // depth, oldest age, delivered/s, last error, EPJ reachable
  * charting.deliveryState(42);    // what became of stored reading 42
+ * charting.reattributed({ device, from, to, reason }); // a corrected binding: void + re-issue
  * await charting.stop();         // in-flight requests are aborted and their entries re-queued
  * ```
  *
