@@ -55,6 +55,8 @@ interface DeviceRow {
 }
 
 const DEVICE_ID = /^[A-Za-z0-9._:/-]{1,128}$/;
+/** An id a device sent (noteUnregistered): anything printable. */
+const SEEN_ID = /^[^\p{Cc}\s]{1,128}$/u;
 const EUI64_INPUT = /^[0-9A-Fa-f]{2}(?:[-:]?[0-9A-Fa-f]{2}){7}$/;
 
 /** EUI-64 as 16 upper-case hex digits, or null when `text` is not one (any spelling accepted). */
@@ -260,7 +262,9 @@ export class DeviceRegistry implements DeviceRegistryApi {
   noteUnregistered(deviceId: string, source: string, at: number): DeviceRecord {
     const known = this.get(deviceId);
     if (known !== null) return known;
-    if (!DEVICE_ID.test(deviceId)) throw new GatewayError(ErrorCode.REGISTRY_INVALID, 'unregistered device id is not 1–128 letters, digits and . _ : / -');
+    // Whatever a device calls itself is recorded (an engineer then sees it to approve it), as
+    // long as it is a printable name of a sane length.
+    if (!SEEN_ID.test(deviceId)) throw new GatewayError(ErrorCode.REGISTRY_INVALID, 'unregistered device id is empty, longer than 128 characters or has control characters');
     const eui64 = normalizeEui64(deviceId);
     // Its id may be another device's EUI-64 in a different spelling: that device is known.
     if (eui64 !== null && this.byEui.has(eui64)) return this.current(this.byEui.get(eui64)!);

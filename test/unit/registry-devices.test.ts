@@ -127,6 +127,12 @@ describe('DeviceRegistry', () => {
     expect(registry.list({ kind: 'monitor' }).map((d) => d.id)).toEqual(['0009FBFFFE0A0B0C']);
   });
 
+  it('records an unregistered device under whatever printable id it sent', () => {
+    expect(registry.noteUnregistered('MON^12&ICU', 'mllp', now).status).toBe('unregistered');
+    expect(codeOf(() => registry.noteUnregistered('bad\nid', 'mllp', now))).toBe(ErrorCode.REGISTRY_INVALID);
+    expect(codeOf(() => registry.noteUnregistered('x'.repeat(129), 'mllp', now))).toBe(ErrorCode.REGISTRY_INVALID);
+  });
+
   it('never throws from noteUnregistered for a known id, whatever its status', () => {
     registry.add({ id: 'm', kind: 'monitor' }, 'a');
     registry.retire('m', 'a');
