@@ -14,6 +14,7 @@
  * Changes that reach back before "now" are announced as `AttributionChange`s after the commit,
  * so stored readings are re-attributed (src/pipeline/reattribute.ts).
  */
+import { createHash } from 'node:crypto';
 import type Database from 'better-sqlite3';
 import { ErrorCode, GatewayError } from '../errors.js';
 import type { PatientId } from '../model/measurement.js';
@@ -51,6 +52,12 @@ CREATE TABLE IF NOT EXISTS bed_occupancies (
   cancelled INTEGER
 );
 CREATE INDEX IF NOT EXISTS bed_occupancies_bed ON bed_occupancies (bed, from_ms);
+-- ADT events applied (a hash of sender, type, patient, beds and time — not of MSH-10, which a
+-- sender may renew on a resend): a replayed message, however late, is recognised and ignored.
+CREATE TABLE IF NOT EXISTS adt_applied (
+  event TEXT PRIMARY KEY,
+  at INTEGER NOT NULL
+) WITHOUT ROWID;
 -- Discharges (A03) undone by an A13: a replayed A03 must not end the stay again.
 CREATE TABLE IF NOT EXISTS adt_cancelled_discharges (
   patient_system TEXT NOT NULL,
@@ -201,6 +208,8 @@ export class Bindings implements BindingsApi {
       ),
       updateOccupancy: db.prepare('UPDATE bed_occupancies SET from_ms = ?, to_ms = ? WHERE id = ?'),
       cancelOccupancy: db.prepare('UPDATE bed_occupancies SET cancelled = ? WHERE id = ?'),
+      adtApplied: db.prepare('SELECT 1 FROM adt_applied WHERE event = ?').pluck(),
+      insertAdtApplied: db.prepare('INSERT OR IGNORE INTO adt_applied (event, at) VALUES (?, ?)'),
       insertCancelledDischarge: db.prepare('INSERT OR IGNORE INTO adt_cancelled_discharges (patient_system, patient_value, at) VALUES (?, ?, ?)'),
     };
     this.load();
@@ -443,7 +452,19 @@ export class Bindings implements BindingsApi {
     checkPatient(event.patient);
     checkTime(event.time, 'time');
     const actor = `adt:${event.sender || 'unknown'}`;
+    const identity = adtIdentity(event);
     return this.change(`ADT ${event.type}`, () => {
+      // A replay (a resend after a reconnect, a feed replayed from a backup) is recognised as a
+      // whole; the per-event checks below still make a reordered or re-sent event harmless.
+      if (this.sql.adtApplied.get(identity) !== undefined) return { changed: false, note: `${event.type}: already applied` };
+      const result = this.applyAdtEvent(event, actor);
+      this.sql.insertAdtApplied.run(identity, this.now);
+      return result;
+    });
+  }
+
+  private applyAdtEvent(event: AdtEvent, actor: string): { changed: boolean; note: string } {
+    {
       switch (event.type) {
         case 'A01':
         case 'A04':
@@ -468,7 +489,7 @@ export class Bindings implements BindingsApi {
         case 'A13':
           return this.cancelDischarge(event, actor);
       }
-    });
+    }
   }
 
   /**
@@ -812,6 +833,12 @@ export class Bindings implements BindingsApi {
     if (required) throw invalid('a binding needs a bed or a patient');
     return null;
   }
+}
+
+/** What makes two ADT messages the same event (MSH-10 left out: senders renew it on resends). */
+function adtIdentity(e: AdtEvent): string {
+  const text = JSON.stringify([e.sender, e.type, e.patient.system, e.patient.value, e.bed, e.priorBed, e.time]);
+  return createHash('sha256').update(text).digest('base64url');
 }
 
 function notApplicable(message: string): GatewayError {

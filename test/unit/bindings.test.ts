@@ -236,6 +236,28 @@ describe('ADT sequences: readings before, at and after each boundary', () => {
     expect(audit.query({ limit: 10_000 })).toHaveLength(auditRows);
   });
 
+  it('an event sent again by a second interface engine (not the same message) is still harmless right after the original', () => {
+    // Each event is re-sent at once under another sender: the per-event checks (same stay,
+    // tombstones, cancelled discharges) must recognise it without the message identity.
+    const seq = [
+      adt('A01', P1, T0 + H, 'ICU/1/1'),
+      adt('A02', P1, T0 + 2 * H, 'ICU/2/1', 'ICU/1/1'),
+      adt('A12', P1, T0 + 3 * H, 'ICU/2/1', 'ICU/1/1'),
+      adt('A03', P1, T0 + 4 * H),
+      adt('A13', P1, T0 + 5 * H),
+      adt('A01', P2, T0 + 6 * H, 'ICU/1/2'),
+      adt('A11', P2, T0 + 7 * H, 'ICU/1/2'),
+    ];
+    for (const e of seq) {
+      expect(bindings.applyAdt(e).changed, e.type).toBe(true);
+      const state = JSON.stringify(bindings.occupancies({}));
+      expect(bindings.applyAdt({ ...e, sender: 'EPJ-BACKUP' }).changed, `${e.type} again`).toBe(false);
+      expect(JSON.stringify(bindings.occupancies({}))).toBe(state);
+    }
+    expect(who('mon-1', T0 + 50 * H)).toBe(P1.value);
+    expect(who('mon-2', T0 + 6 * H)).toBeNull();
+  });
+
   it('audits every ADT change with actor adt:<sender>; notes carry no personal data', () => {
     const r = bindings.applyAdt(adt('A01', P1, T0 + H, 'ICU/1/1'));
     expect(r.note).not.toContain(P1.value);
