@@ -280,6 +280,32 @@ describe('corrections: entries already in the EPJ', () => {
   });
 });
 
+describe('corrections: failures', () => {
+  it('a job that fails is rolled back and retried without holding up the others', async () => {
+    const s = setup();
+    const other = 'FEDCBA9876543210';
+    await put(s, [reading('hr', { time: T0 }), reading('hr', { time: T0, deviceId: other })]);
+    pass(s, T0 + MINUTE);
+    const [broken, fine] = entries(s);
+    reattributeStore(s.store, DEVICE, T0, T0 + 1, B);
+    reattributeStore(s.store, other, T0, T0 + 1, B);
+    s.corrections.record(change(T0, T0 + 1), T0 + MINUTE);
+    s.corrections.record({ ...change(T0, T0 + 1), device: other }, T0 + MINUTE);
+    const db = s.store.database();
+    const payload = db.prepare('SELECT payload FROM fhir_outbox WHERE id = ?').pluck().get(broken!.entry) as string;
+    db.prepare('UPDATE fhir_outbox SET payload = ? WHERE id = ?').run('{not json', broken!.entry);
+    const failed: number[] = [];
+    const reports = s.corrections.run(T0 + MINUTE, undefined, (job) => failed.push(job));
+    expect(failed).toEqual([1]);
+    expect(reports).toMatchObject([{ job: 2, reattributed: 1, done: true }]);
+    expect(patientOf(s, fine!.entry)).toEqual(B);
+    expect(s.corrections.counts().pending).toBe(1);
+    expect(() => s.corrections.run(T0 + MINUTE)).toThrow(SyntaxError);
+    db.prepare('UPDATE fhir_outbox SET payload = ? WHERE id = ?').run(payload, broken!.entry);
+    expect(s.corrections.run(T0 + MINUTE)).toMatchObject([{ job: 1, reattributed: 1, done: true }]);
+  });
+});
+
 describe('corrections: crashes', () => {
   it('a recorded job survives a crash before it ran; a void in flight is sent again after one; the re-issue comes once', async () => {
     const first = setup();

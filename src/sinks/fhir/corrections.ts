@@ -236,11 +236,25 @@ export class Corrections {
     return Number(info.lastInsertRowid);
   }
 
-  /** Applies pending jobs (each in one transaction). Returns what each did. */
-  run(now: number, limit = JOBS_PER_PASS): CorrectionReport[] {
+  /**
+   * Applies pending jobs, each in one transaction, and returns what each did. A job that fails
+   * (rolled back, tried again next pass) does not hold up the others: its error goes to
+   * `onError`, or is thrown after the other jobs ran when there is no `onError`.
+   */
+  run(now: number, limit = JOBS_PER_PASS, onError?: (job: number, err: unknown) => void): CorrectionReport[] {
     const jobs = this.s.pendingJobs.all(limit) as JobRow[];
-    const reports = jobs.map((job) => this.db.transaction(() => this.apply(job, now))());
-    if (reports.length > 0) this.outbox.recount();
+    const reports: CorrectionReport[] = [];
+    let failed: unknown = null;
+    for (const job of jobs) {
+      try {
+        reports.push(this.db.transaction(() => this.apply(job, now))());
+      } catch (err) {
+        if (onError === undefined) failed ??= err;
+        else onError(job.id, err);
+      }
+    }
+    if (jobs.length > 0) this.outbox.recount();
+    if (failed !== null) throw failed;
     return reports;
   }
 

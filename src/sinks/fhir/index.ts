@@ -170,6 +170,8 @@ class Charting implements FhirCharting {
   private rateSecond = 0;
   private readonly startedAt: number;
   private passQueued = false;
+  /** When a failing correction job was last logged (errors repeat every pass). */
+  private correctionErrorLogged = 0;
   private probing = false;
 
   constructor(private readonly options: FhirForwarderOptions) {
@@ -377,8 +379,14 @@ class Charting implements FhirCharting {
       const fed = this.outbox.feed(now);
       backlog = !fed.caughtUp && !fed.full;
       this.outbox.close(now, this.bindings);
-      // After closing (a just-closed entry is re-attributed in this pass), before sending.
-      for (const report of this.corrections.run(now)) this.logCorrection(report);
+      // After closing (a just-closed entry is re-attributed in this pass), before sending. A
+      // failing job is logged (once a minute) and tried again; sending goes on regardless.
+      const reports = this.corrections.run(now, undefined, (job, err) => {
+        if (now - this.correctionErrorLogged < 60_000) return;
+        this.correctionErrorLogged = now;
+        this.log.error({ err, job }, 'binding correction failed; retried at the next pass');
+      });
+      for (const report of reports) this.logCorrection(report);
       this.dispatch(now);
     } catch (err) {
       // A failing database is the store's problem to report; the outbox retries next poll.
