@@ -6,7 +6,7 @@
  * processes against the same server.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -19,6 +19,7 @@ import { Bindings } from '../../src/registry/bindings.js';
 import { DeviceRegistry } from '../../src/registry/devices.js';
 import { hashToken, TokenStore } from '../../src/registry/tokens.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
+import { startTestGateway } from '../helpers/gateway.js';
 
 const CPR = '0101901234';
 const CPR_DASHED = '010190-1234';
@@ -301,4 +302,28 @@ describe('registry API', () => {
       expect(line).not.toContain(viewer);
     }
   });
+});
+
+describe('registry API in the real gateway', () => {
+  it('makes a bootstrap admin token on first start that mdi devices finds in the data folder', async () => {
+    const gw = await startTestGateway({ http: { port: 0, host: '127.0.0.1', auth: { enabled: true } } });
+    try {
+      const file = join(gw.dataDir, 'admin.token');
+      expect(statSync(file).mode & 0o777).toBe(0o600);
+      const token = readFileSync(file, 'utf8').trim();
+      expect((await fetch(`${gw.httpUrl}/api/devices`)).status).toBe(401);
+      expect((await fetch(`${gw.httpUrl}/health`)).status).toBe(200);
+      const env = { MDI_URL: gw.httpUrl, MDI_DATA_DIR: gw.dataDir };
+      const add = await mdi(['devices', 'add', '--id', 'mon-9', '--kind', 'monitor', '--ward', 'W1', '--bed', '2'], { env });
+      expect(add.code, add.stderr).toBe(0);
+      const res = await fetch(`${gw.httpUrl}/api/audit?entity=device&id=mon-9`, { headers: { authorization: `Bearer ${token}` } });
+      const audit = (await res.json()) as { items: { action: string; actor: string }[] };
+      expect(audit.items[0]).toMatchObject({ action: 'device.add', actor: 'token:bootstrap' });
+      const show = await mdi(['devices', 'show', 'mon-9'], { env });
+      expect(show.stdout).toMatch(/location\s+W1\/2/);
+    } finally {
+      await gw.stop();
+      rmSync(gw.dataDir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
