@@ -333,6 +333,8 @@ export class DeviceRegistry implements DeviceRegistryApi {
       expectedIntervalSeconds: p.expectedIntervalSeconds ?? before.expectedIntervalSeconds,
       updated: now,
     };
+    // A PATCH that changes nothing (a config sync, a retried request) leaves no audit row.
+    if (action === 'device.update' && sameDevice(before, after)) return before;
     this.db.transaction(() => {
       this.statements.update.run(toRow(after));
       this.audit.record({
@@ -395,6 +397,10 @@ export class DeviceRegistry implements DeviceRegistryApi {
       throw new GatewayError(ErrorCode.REGISTRY_CONFLICT, `EUI-64 ${eui64} is already device ${holder.id}${hint}`);
     }
   }
+}
+
+function sameDevice(a: DeviceRecord, b: DeviceRecord): boolean {
+  return JSON.stringify({ ...auditView(a), updated: 0 }) === JSON.stringify({ ...auditView(b), updated: 0 });
 }
 
 /** What the audit keeps of a device: everything but the bed (bindings audit that themselves). */

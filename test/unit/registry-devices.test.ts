@@ -88,6 +88,8 @@ describe('DeviceRegistry', () => {
     now += 1000;
     const u = registry.update('pump-1', { vendor: 'B. Braun', expectedIntervalSeconds: 30 }, 'b');
     expect(u).toMatchObject({ vendor: 'B. Braun', expectedIntervalSeconds: 30, updated: now, status: 'active' });
+    // Nothing changed: no audit row, no event.
+    expect(registry.update('pump-1', { vendor: 'B. Braun' }, 'b')).toBe(u);
     expect(codeOf(() => registry.approve('pump-1', {}, 'b'))).toBe(ErrorCode.REGISTRY_CONFLICT);
     const r = registry.retire('pump-1', 'c', 'sent for repair');
     expect(r.status).toBe('retired');
