@@ -60,8 +60,10 @@ const DeadLetterQuery = z.strictObject({
 const IdParam = z.strictObject({ id: z.coerce.number().int().min(1) });
 
 /**
- * The HTTP API (fastify). Read-only for now: health, observations, dead letters, status.
- * Query strings are validated with zod; a bad one gets 400 naming the parameter.
+ * The HTTP API (fastify): health, observations, dead letters, status, outbox, device health
+ * and, with a registry, devices, bindings, beds, audit and tokens (bearer tokens when `auth` is
+ * on; /api/openapi.json lists every route). Input is validated with zod; a bad one gets 400
+ * naming the parameter.
  */
 export function createApi(deps: ApiDeps) {
   const app = Fastify({ loggerInstance: deps.log.child({ component: 'api' }) });
