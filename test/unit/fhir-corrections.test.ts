@@ -3,7 +3,7 @@
  * state, voids before re-issues, idempotence, and resuming after a crash (DB reopened).
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import type { PatientId } from '../../src/model/measurement.js';
+import { Quality, type PatientId } from '../../src/model/measurement.js';
 import type { Observation } from '../../src/model/observation.js';
 import { ChartingPolicy } from '../../src/sinks/fhir/charting.js';
 import { ChartingSettings } from '../../src/sinks/fhir/config.js';
@@ -37,7 +37,13 @@ function setup(charting: Record<string, unknown> = {}, file?: string) {
     feedBatch: 1000,
     maxRows: 1000,
   });
-  const corrections = new Corrections(store, outbox, { identifierNamespace: NAMESPACE, unbound: settings.unbound, holdMs: settings.holdMinutes * MINUTE });
+  const corrections = new Corrections(store, outbox, {
+    identifierNamespace: NAMESPACE,
+    unbound: settings.unbound,
+    holdMs: settings.holdMinutes * MINUTE,
+    policy,
+    keepMs: 24 * 60 * MINUTE,
+  });
   return { store, outbox, corrections };
 }
 
@@ -277,6 +283,83 @@ describe('corrections: entries already in the EPJ', () => {
     expect(s.corrections.run(T0 + MINUTE)[0]).toMatchObject({ voids: 0, reattributed: 0, unbound: 0, done: true });
     expect(s.corrections.claimVoids(10, T0 + MINUTE)).toHaveLength(0);
     expect(s.corrections.record(change(T0, T0), T0)).toBeNull(); // empty interval: no job
+  });
+});
+
+describe('corrections: readings no entry took', () => {
+  it('no patient before (unbound: store): charted for the patient bound now, one entry per interval; once', async () => {
+    const s = setup({ intervalSeconds: 60, closeDelaySeconds: 5 });
+    await put(s, [
+      reading('hr', { time: T0 + 10_000, value: 70, patient: null }),
+      reading('hr', { time: T0 + 40_000, value: 74, patient: null }),
+      reading('hr', { time: T0 + MINUTE + 5_000, value: 80, patient: null }),
+      reading('hr', { time: T0 + 2 * MINUTE, value: 90, patient: null }), // outside the correction
+    ]);
+    pass(s, T0 + 5 * MINUTE);
+    expect(entries(s)).toHaveLength(0);
+    reattributeStore(s.store, DEVICE, T0, T0 + 2 * MINUTE, B);
+    s.corrections.record(change(T0, T0 + 2 * MINUTE), T0 + 5 * MINUTE);
+    expect(s.corrections.run(T0 + 5 * MINUTE)[0]).toMatchObject({ charted: 2, voids: 0, done: true });
+    s.corrections.record(change(T0, T0 + 2 * MINUTE), T0 + 5 * MINUTE);
+    expect(s.corrections.run(T0 + 5 * MINUTE)[0]).toMatchObject({ charted: 0, done: true });
+    const claimed = s.outbox.claim(10, T0 + 5 * MINUTE);
+    expect(claimed.map((c) => [c.item.readings[0]!.observation.value, c.item.readings[0]!.observation.patient, c.revision])).toEqual([
+      [74, B, 0],
+      [80, B, 0],
+    ]);
+    expect(claimed.every((c) => c.identifier === itemIdentifier(c.item, NAMESPACE, 0))).toBe(true);
+  });
+
+  it('a patient mismatch before: charted once the correction settles who it was', async () => {
+    const s = setup();
+    await put(s, [reading('sys', { time: T0, flags: Quality.PATIENT_MISMATCH }), reading('dia', { time: T0, flags: Quality.PATIENT_MISMATCH })]);
+    pass(s, T0 + MINUTE);
+    expect(entries(s)).toHaveLength(0);
+    reattributeStore(s.store, DEVICE, T0, T0 + 1, B);
+    s.corrections.record(change(T0, T0 + 1), T0 + MINUTE);
+    expect(s.corrections.run(T0 + MINUTE)[0]).toMatchObject({ charted: 1 });
+    const [bp] = s.outbox.claim(10, T0 + MINUTE);
+    expect(bp!.item.kind).toBe('bp');
+    expect(bp!.item.readings.map((r) => [r.observation.metric, r.observation.patient])).toEqual([
+      ['MDC_PRESS_BLD_NONINV_SYS', B],
+      ['MDC_PRESS_BLD_NONINV_DIA', B],
+    ]);
+  });
+
+  it('voided to "no patient", then given back: charted again under the next revision', async () => {
+    const s = setup();
+    await put(s, [reading('hr', { time: T0 })]);
+    pass(s, T0 + MINUTE);
+    const [first] = confirmAll(s, T0 + MINUTE);
+    reattributeStore(s.store, DEVICE, T0, T0 + 1, null);
+    s.corrections.record(change(T0, T0 + 1), T0 + MINUTE);
+    expect(s.corrections.run(T0 + MINUTE)[0]).toMatchObject({ voids: 1, charted: 0 });
+    const [v] = s.corrections.claimVoids(10, T0 + MINUTE);
+    // While the void is not confirmed, the reading is not free: no second chart entry.
+    reattributeStore(s.store, DEVICE, T0, T0 + 1, A);
+    s.corrections.record(change(T0, T0 + 1), T0 + MINUTE);
+    expect(s.corrections.run(T0 + MINUTE)[0]).toMatchObject({ voids: 0, charted: 0 });
+    reattributeStore(s.store, DEVICE, T0, T0 + 1, null);
+    s.corrections.settleVoids([{ id: v!.id, kind: 'confirmed', fhirId: v!.target.fhirId, status: 200 }], T0 + MINUTE);
+    expect(s.outbox.claim(10, T0 + MINUTE)).toHaveLength(0);
+    reattributeStore(s.store, DEVICE, T0, T0 + 1, A);
+    s.corrections.record(change(T0, T0 + 1), T0 + 2 * MINUTE);
+    expect(s.corrections.run(T0 + 2 * MINUTE)[0]).toMatchObject({ voids: 0, charted: 1 });
+    const [again] = s.outbox.claim(10, T0 + 2 * MINUTE);
+    expect(again!.revision).toBe(1);
+    expect(again!.identifier).not.toBe(first!.identifier);
+    expect(again!.item.readings[0]!.observation.patient).toEqual(A);
+  });
+
+  it('readings the feeder has not read yet are left to it', async () => {
+    const s = setup();
+    await put(s, [reading('hr', { time: T0, patient: null })]);
+    reattributeStore(s.store, DEVICE, T0, T0 + 1, B);
+    s.corrections.record(change(T0, T0 + 1), T0 + MINUTE);
+    expect(s.corrections.run(T0 + MINUTE)[0]).toMatchObject({ charted: 0, done: true });
+    pass(s, T0 + MINUTE);
+    const claimed = s.outbox.claim(10, T0 + MINUTE);
+    expect(claimed.map((c) => [c.item.readings[0]!.observation.patient, c.revision])).toEqual([[B, 0]]);
   });
 });
 

@@ -22,10 +22,13 @@ import type Database from 'better-sqlite3';
 import { scrubCpr } from '../../log.js';
 import type { PatientId } from '../../model/measurement.js';
 import type { AttributionChange } from '../../registry/types.js';
+import { entryKey, fillEntries } from './backfill.js';
+import type { ChartingPolicy } from './charting.js';
 import { FhirErrorCode } from './errors.js';
 import { itemIdentifier, type ChartReading } from './observation.js';
 import {
   deviceSeriesRange,
+  OUTBOX_CURSOR,
   OutboxAction,
   OutboxState,
   type ClaimedEntry,
@@ -42,6 +45,13 @@ export interface CorrectionOptions {
   readonly unbound: 'store' | 'hold';
   /** `unbound: hold`: how long it waits for a binding, ms. */
   readonly holdMs: number;
+  /** The charting policy: which readings no entry took are chartable now (backfill). */
+  readonly policy: ChartingPolicy;
+  /**
+   * How far back the outbox remembers what it charted (the shorter of its keep times), ms.
+   * Older readings are not backfilled: an entry pruned since could have charted them.
+   */
+  readonly keepMs: number;
 }
 
 /** A void claimed for sending: the Observation to set to `entered-in-error`. */
@@ -62,6 +72,8 @@ export interface CorrectionReport {
   readonly reattributed: number;
   /** Entries not sent yet that lost their patient (held, or skipped with `unbound: store`). */
   readonly unbound: number;
+  /** New entries for readings no entry had taken (no patient or a patient mismatch before). */
+  readonly charted: number;
   /** Entries still open or in flight: the job looks again at the next pass. */
   readonly waiting: number;
   readonly done: boolean;
@@ -92,7 +104,8 @@ CREATE TABLE IF NOT EXISTS fhir_corrections (
   updated INTEGER NOT NULL,
   voids INTEGER NOT NULL DEFAULT 0,
   reattributed INTEGER NOT NULL DEFAULT 0,
-  unbound INTEGER NOT NULL DEFAULT 0
+  unbound INTEGER NOT NULL DEFAULT 0,
+  charted INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS fhir_corrections_state ON fhir_corrections (state, id);
 `;
@@ -102,6 +115,8 @@ const JOB_DONE = 'done';
 
 /** Jobs applied per pass: each is one transaction over the device's entries in its interval. */
 const JOBS_PER_PASS = 20;
+/** Stored readings looked at per job for backfill (a day of one monitor at 1/s is ~1M: bounded). */
+const FILL_READINGS = 200_000;
 
 interface JobRow {
   id: number;
@@ -166,7 +181,7 @@ export class Corrections {
       ),
       pendingJobs: db.prepare(`SELECT id, device, from_time, to_time, reason FROM fhir_corrections WHERE state = '${JOB_PENDING}' ORDER BY id LIMIT ?`),
       updateJob: db.prepare(
-        'UPDATE fhir_corrections SET state = ?, voids = voids + ?, reattributed = reattributed + ?, unbound = unbound + ?, updated = ? WHERE id = ?',
+        'UPDATE fhir_corrections SET state = ?, voids = voids + ?, reattributed = reattributed + ?, unbound = unbound + ?, charted = charted + ?, updated = ? WHERE id = ?',
       ),
       countPendingJobs: db.prepare(`SELECT count(*) FROM fhir_corrections WHERE state = '${JOB_PENDING}'`).pluck(),
       // The device's chart entries (not voids) over the series index, then by reading time.
@@ -176,6 +191,19 @@ export class Corrections {
          ORDER BY id`,
       ),
       voidOf: db.prepare(`SELECT id FROM fhir_outbox WHERE ref = ? AND action = '${OutboxAction.VOID}'`).pluck(),
+      voidStateOf: db.prepare(`SELECT state FROM fhir_outbox WHERE ref = ? AND action = '${OutboxAction.VOID}'`).pluck(),
+      // Backfill: the device's chart entries of a range of intervals (any reading time).
+      entriesInBuckets: db.prepare(
+        `SELECT id, bucket, payload, revision FROM fhir_outbox
+         WHERE series >= ? AND series < ? AND action = '${OutboxAction.CREATE}' AND bucket >= ? AND bucket <= ?`,
+      ),
+      // Backfill: a new chart entry, ready to send. Own series (`|fill`): OR IGNORE makes a job
+      // run again after a crash a no-op, and never collides with the feeder's entries.
+      insertFill: db.prepare(
+        `INSERT OR IGNORE INTO fhir_outbox (series, bucket, bucket_end, choice, state, reading_time, last_received, close_at, payload,
+           identifier, created, closed, next_attempt, updated, action, revision, ref)
+         VALUES (?, ?, ?, ?, '${OutboxState.QUEUED}', ?, ?, 0, ?, ?, ?, ?, 0, ?, '${OutboxAction.CREATE}', ?, NULL)`,
+      ),
       // Re-attributions in place. Each names the state it expects: a stale view changes nothing.
       requeue: db.prepare(
         `UPDATE fhir_outbox SET state = '${OutboxState.QUEUED}', payload = ?, next_attempt = 0, error_code = NULL, error = NULL, closed = ?, updated = ?
@@ -328,8 +356,76 @@ export class Corrections {
       }
     }
     const done = waiting === 0;
-    this.s.updateJob.run(done ? JOB_DONE : JOB_PENDING, voids, reattributed, unbound, now, job.id);
-    return { job: job.id, device: job.device, from: job.from_time, to: job.to_time, reason: job.reason, voids, reattributed, unbound, waiting, done };
+    // Last, once nothing is in flight: what the entries above now chart is known.
+    const charted = done ? this.backfill(job, now) : 0;
+    this.s.updateJob.run(done ? JOB_DONE : JOB_PENDING, voids, reattributed, unbound, charted, now, job.id);
+    return { job: job.id, device: job.device, from: job.from_time, to: job.to_time, reason: job.reason, voids, reattributed, unbound, charted, waiting, done };
+  }
+
+  /**
+   * Charts readings of the job's interval that no entry took and that the policy charts now:
+   * one entry per series and interval not covered by an entry that charts (is not voided) for
+   * the same patient. Only readings the feeder has read (newer ones are fed as usual) and
+   * within the outbox's memory (`keepMs`). A reading charted before under an identifier (then
+   * voided) gets the next revision, so its conditional create cannot match the voided resource.
+   */
+  private backfill(job: JobRow, now: number): number {
+    const from = Math.max(job.from_time, now - this.options.keepMs);
+    if (from >= job.to_time) return 0;
+    const fed = this.store.cursor(OUTBOX_CURSOR);
+    const stored = this.store
+      .queryObservations({ device: job.device, since: from, until: job.to_time, limit: FILL_READINGS, order: 'asc' })
+      .filter((o) => o.id <= fed && o.observation.patient !== null);
+    if (stored.length === 0) return 0;
+    const buckets = stored.map((o) => this.options.policy.decide(o.observation)).flatMap((d) => (d.chart ? [d.bucketStart] : []));
+    if (buckets.length === 0) return 0;
+    const [lo, hi] = deviceSeriesRange(job.device);
+    const first = buckets.reduce((a, b) => Math.min(a, b));
+    const last = buckets.reduce((a, b) => Math.max(a, b));
+    const rows = (this.s.entriesInBuckets.all(lo, hi, first, last) as Pick<EntryRow, 'id' | 'bucket' | 'payload' | 'revision'>[])
+      .map((row) => ({ row, payload: JSON.parse(row.payload) as Payload }))
+      .filter((e) => e.payload.readings[0]?.observation.deviceId === job.device);
+    const covered = new Set<string>();
+    /** Readings an entry took (in any state) and did not give up by a confirmed void. */
+    const taken = new Set<number>();
+    /** Highest revision per first-charting identifier: a re-charting takes the next one. */
+    const revisions = new Map<string, number>();
+    for (const { row, payload } of rows) {
+      const base = itemIdentifier(payload, this.options.identifierNamespace, 0);
+      if (base !== null) revisions.set(base, Math.max(revisions.get(base) ?? -1, row.revision));
+      const voidState = this.s.voidStateOf.get(row.id) as OutboxState | undefined;
+      // A void not confirmed yet re-issues by itself when it is; a refused one leaves the
+      // Observation in the EPJ: either way the reading is not free to chart again.
+      if (voidState !== OutboxState.CONFIRMED) for (const r of payload.readings) taken.add(r.id);
+      const head = payload.readings[0]?.observation;
+      if (head === undefined || voidState !== undefined) continue; // a voided entry charts nothing
+      const d = this.options.policy.decide(head);
+      if (d.chart) covered.add(entryKey(d.series, row.bucket));
+    }
+    let charted = 0;
+    const free = stored.filter((o) => !taken.has(o.id));
+    for (const fill of fillEntries(free, this.options.policy, covered)) {
+      const base = itemIdentifier(fill.item, this.options.identifierNamespace, 0);
+      if (base === null) continue;
+      const revision = (revisions.get(base) ?? -1) + 1;
+      const identifier = itemIdentifier(fill.item, this.options.identifierNamespace, revision)!;
+      const head = fill.item.readings[0]!.observation;
+      charted += this.s.insertFill.run(
+        `${fill.series}|fill`,
+        fill.bucket,
+        fill.bucketEnd,
+        fill.choice,
+        head.time,
+        now,
+        JSON.stringify({ kind: fill.item.kind, readings: [...fill.item.readings] } satisfies Payload),
+        identifier,
+        now,
+        now,
+        now,
+        revision,
+      ).changes;
+    }
+    return charted;
   }
 
   private currentPatients(ids: readonly number[]): Map<number, PatientId | null> {

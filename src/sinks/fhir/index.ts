@@ -216,6 +216,8 @@ class Charting implements FhirCharting {
       identifierNamespace: this.s.identifierNamespace,
       unbound: this.s.charting.unbound,
       holdMs: this.s.charting.holdMinutes * 60_000,
+      policy,
+      keepMs: Math.min(this.s.outbox.keepConfirmedHours, this.s.outbox.keepRejectedHours) * 3_600_000,
     });
     this.voids = new VoidSender({
       baseUrl: this.baseUrl,
@@ -427,7 +429,7 @@ class Charting implements FhirCharting {
 
   /** One line per correction job pass that did something; device and counts, no patient data. */
   private logCorrection(r: CorrectionReport): void {
-    if (!r.done && r.voids + r.reattributed + r.unbound === 0) return; // still waiting, nothing new
+    if (!r.done && r.voids + r.reattributed + r.unbound + r.charted === 0) return; // still waiting, nothing new
     this.log.info(
       {
         job: r.job,
@@ -438,6 +440,7 @@ class Charting implements FhirCharting {
         voids: r.voids,
         reattributed: r.reattributed,
         unbound: r.unbound,
+        charted: r.charted,
         waiting: r.waiting,
       },
       r.done ? 'binding correction applied to the chart' : 'binding correction partly applied; waiting for entries in flight',

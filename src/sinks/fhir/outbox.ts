@@ -11,7 +11,7 @@
 import type Database from 'better-sqlite3';
 import type { PatientId } from '../../model/measurement.js';
 import type { Observation } from '../../model/observation.js';
-import type { StoredObservation } from '../../store/store.js';
+import type { ObservationQuery, StoredObservation } from '../../store/store.js';
 import { scrubCpr } from '../../log.js';
 import type { ChartingPolicy } from './charting.js';
 import { FhirErrorCode } from './errors.js';
@@ -78,6 +78,8 @@ export interface OutboxStore {
   pseudonym(patient: PatientId): string;
   /** Readings by store id (their current patient, after a binding correction). */
   observationsById(ids: readonly number[]): StoredObservation[];
+  /** A device's readings in a time window (backfill after a binding correction). */
+  queryObservations(q: ObservationQuery): StoredObservation[];
 }
 
 /** Device→patient bindings at a time; the registry provides them (later issue). */
