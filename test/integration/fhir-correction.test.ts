@@ -269,4 +269,27 @@ describe('binding corrections in the EPJ', () => {
     expect(after.filter((o) => o.status === 'entered-in-error')).toHaveLength(2);
     expect(after.filter((o) => subjectOf(o) === 'Patient/pat-1' && o.status === 'final')).toHaveLength(3);
   }, 60_000);
+
+  it('readings without a patient (not charted) are charted once a correction names the patient', async () => {
+    const epj = await epjWith();
+    const { store } = tempStore();
+    cleanups.push(() => store.close());
+    const charting = await chartingTo(epj.url, store);
+    const t0 = Date.now() - 3_600_000;
+    await commit(store, [
+      reading('hr', { time: t0, patient: null }),
+      reading('spo2', { time: t0, patient: null }),
+      reading('sys', { time: t0, patient: null }),
+      reading('dia', { time: t0, patient: null }),
+    ]);
+    await waitFor(settled(charting, store), 20_000, 'read, not charted');
+    expect(await allResources<FhirObservation>(epj.url, 'Observation')).toHaveLength(0);
+    reattributeStore(store, DEVICE, t0, t0 + 1, B);
+    charting.reattributed({ device: DEVICE, from: t0, to: t0 + 1, reason: 'binding corrected by token:test' });
+    await waitFor(settled(charting, store), 20_000, 'charted after the correction');
+    const after = await allResources<FhirObservation>(epj.url, 'Observation');
+    expect(after.map((o) => [subjectOf(o), o.status, timeOf(o)])).toEqual(after.map(() => ['Patient/pat-1', 'final', t0]));
+    expect(after).toHaveLength(3);
+    expect(charting.deliveryState(1)).toMatchObject({ state: OutboxState.CONFIRMED });
+  }, 60_000);
 });
