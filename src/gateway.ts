@@ -258,6 +258,8 @@ export class Gateway {
 
   async stop(): Promise<void> {
     this.ready = false;
+    // First: a health check while the drivers close would report every device's connection lost.
+    this.registry?.health.stop();
     if (this.retentionTimer) clearInterval(this.retentionTimer);
     this.retentionTimer = null;
     for (const driver of [...this.drivers].reverse()) {
@@ -266,7 +268,6 @@ export class Gateway {
     this.drivers = [];
     if (this.deviceDrivers) await withTimeout(this.deviceDrivers.stop(), 10_000, 'device drivers', this.log);
     this.deviceDrivers = null;
-    this.registry?.health.stop();
     if (this.reattributor) await withTimeout(this.reattributor.stop(), 5_000, 're-attribution', this.log);
     this.reattributor = null;
     if (this.republisher) await withTimeout(this.republisher.stop(), 5_000, 'mqtt republish', this.log);
