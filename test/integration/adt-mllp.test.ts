@@ -140,6 +140,25 @@ describe('ADT over MLLP', () => {
     await client.close();
   });
 
+  it('an oversized frame gets AR naming its MSH-10 and a dead letter; the next message is applied', async () => {
+    const client = await MllpTestClient.connect(listener.port());
+    const big = Buffer.concat([adtMessage({ type: 'A01', cpr: syntheticCpr(950), bed: 'ICU/8/1', time: T0, controlId: 'HUGE-1' }), Buffer.from(`NTE|1||${'x'.repeat(70_000)}\r`)]);
+    const deadBefore = store.counts().deadLetters;
+    client.send(big);
+    client.send(adtMessage({ type: 'A01', cpr: syntheticCpr(951), bed: 'ICU/8/2', time: T0, controlId: 'AFTER-HUGE' }));
+    const acks = await client.waitForAcks(2);
+    expect(acks.map((a) => [a.controlId, a.code])).toEqual([
+      ['HUGE-1', 'AR'],
+      ['AFTER-HUGE', 'AA'],
+    ]);
+    expect(acks[0]!.errors[0]).toContain(ErrorCode.MLLP_FRAME_TOO_LARGE);
+    expect(store.counts().deadLetters).toBe(deadBefore + 1);
+    expect(bindings.occupancies({ bed: 'ICU/8/1' })).toEqual([]);
+    expect(bindings.occupancies({ bed: 'ICU/8/2' })).toHaveLength(1);
+    expect(listener.status()).toMatchObject({ name: 'adt', kind: 'mllp', state: 'up' });
+    await client.close();
+  });
+
   it('the simulator plays a ward against the listener and every message is answered AA', async () => {
     const report = await runAdtSimulation({ host: '127.0.0.1', port: listener.port(), beds: ['SIM/1/1', 'SIM/1/2'], patients: 4, rate: 0, count: 40, cancels: true, seed: 7, transferEveryMs: 1 });
     expect(report).toMatchObject({ sent: 40, aa: 40, ae: 0, ar: 0, timeouts: 0, errors: 0 });
