@@ -82,7 +82,8 @@ export function decodeAdtMessage(msg: Hl7Message, options: AdtOptions = {}): Adt
   };
   const fail = (p: Hl7Problem): AdtResult => ({ header, event: null, problems: withWarnings(msg, problems), fatal: p });
 
-  const trigger = target.trigger.trim();
+  // HL7 v2.3 and older senders may leave MSH-9.2 empty and name the event in EVN-1 only.
+  const trigger = target.trigger.trim() || (msg.firstSegment('EVN')?.get(1).trim() ?? '');
   if (header.messageCode === '') return fail(fieldProblem(ErrorCode.HL7_MISSING_FIELD, Hl7ErrorCondition.REQUIRED_FIELD_MISSING, 'MSH-9', 'MSH-9 (message type) is empty'));
   if (header.messageCode !== 'ADT') {
     return fail(

@@ -78,6 +78,11 @@ describe('decodeAdt', () => {
     }
   });
 
+  it('takes the event from EVN-1 when MSH-9.2 is empty (older senders)', () => {
+    expect(decodeAdt(adt({ msh9: 'ADT', evn: 'EVN|A02|20261121100500' })).event).toMatchObject({ type: 'A02', bed: 'ICU/12/1' });
+    expect(decodeAdt(adt({ msh9: 'ADT', evn: 'EVN||20261121100500' })).fatal).toMatchObject({ location: 'MSH-9', hl7Code: '201' });
+  });
+
   it('time: EVN-6, else EVN-2, else MSH-7; a bad EVN-6 is a warning; none valid is fatal', () => {
     expect(decodeAdt(adt({ evn: 'EVN|A01|20261121100500' })).event!.time).toBe(Date.UTC(2026, 10, 21, 9, 5, 0));
     expect(decodeAdt(adt({ evn: '' })).event!.time).toBe(Date.UTC(2026, 10, 21, 9, 15, 0));
