@@ -286,6 +286,33 @@ describe('corrections: entries already in the EPJ', () => {
   });
 });
 
+describe('corrections: one value per interval and patient', () => {
+  it('an interval the corrected patient has an entry for already: not sent again (queued: skipped; confirmed: voided, not re-issued)', async () => {
+    for (const sent of [false, true]) {
+      const s = setup({ intervalSeconds: 60, closeDelaySeconds: 5 });
+      // The binding changed at T0+30 s; the correction moves it back to T0.
+      await put(s, [reading('hr', { time: T0 + 10_000, value: 70, patient: A }), reading('hr', { time: T0 + 40_000, value: 75, patient: B })]);
+      pass(s, T0 + 2 * MINUTE);
+      const [forA, forB] = entries(s);
+      if (sent) confirmAll(s, T0 + 2 * MINUTE);
+      reattributeStore(s.store, DEVICE, T0, T0 + 30_000, B);
+      s.corrections.record(change(T0, T0 + 30_000), T0 + 2 * MINUTE);
+      const [report] = s.corrections.run(T0 + 2 * MINUTE);
+      if (!sent) {
+        expect(report).toMatchObject({ merged: 1, reattributed: 0, voids: 0 });
+        expect(s.outbox.entry(forA!.entry)).toMatchObject({ state: OutboxState.SKIPPED, errorCode: FhirErrorCode.DUPLICATE });
+        expect(s.outbox.claim(10, T0 + 2 * MINUTE).map((c) => c.id)).toEqual([forB!.entry]);
+      } else {
+        expect(report).toMatchObject({ merged: 0, voids: 1 });
+        const [v] = s.corrections.claimVoids(10, T0 + 2 * MINUTE);
+        s.corrections.settleVoids([{ id: v!.id, kind: 'confirmed', fhirId: v!.target.fhirId, status: 200 }], T0 + 2 * MINUTE);
+        expect(s.corrections.counts()).toMatchObject({ voided: 1, reissued: 0 });
+        expect(s.outbox.claim(10, T0 + 2 * MINUTE)).toHaveLength(0);
+      }
+    }
+  });
+});
+
 describe('corrections: readings no entry took', () => {
   it('no patient before (unbound: store): charted for the patient bound now, one entry per interval; once', async () => {
     const s = setup({ intervalSeconds: 60, closeDelaySeconds: 5 });

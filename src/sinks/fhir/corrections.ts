@@ -70,6 +70,8 @@ export interface CorrectionReport {
   readonly voids: number;
   /** Entries not sent yet that now carry the corrected patient. */
   readonly reattributed: number;
+  /** Entries not sent yet whose interval the corrected patient has an entry for already: skipped. */
+  readonly merged: number;
   /** Entries not sent yet that lost their patient (held, or skipped with `unbound: store`). */
   readonly unbound: number;
   /** New entries for readings no entry had taken (no patient or a patient mismatch before). */
@@ -140,6 +142,7 @@ interface EntryRow {
   fhir_id: string | null;
   error_code: string | null;
   revision: number;
+  ref: number | null;
 }
 
 function samePatient(a: PatientId | null, b: PatientId | null): boolean {
@@ -186,11 +189,15 @@ export class Corrections {
       countPendingJobs: db.prepare(`SELECT count(*) FROM fhir_corrections WHERE state = '${JOB_PENDING}'`).pluck(),
       // The device's chart entries (not voids) over the series index, then by reading time.
       entriesOf: db.prepare(
-        `SELECT id, series, bucket, bucket_end, choice, state, reading_time, last_received, payload, identifier, fhir_id, error_code, revision
+        `SELECT id, series, bucket, bucket_end, choice, state, reading_time, last_received, payload, identifier, fhir_id, error_code, revision, ref
          FROM fhir_outbox WHERE series >= ? AND series < ? AND action = '${OutboxAction.CREATE}' AND reading_time >= ? AND reading_time < ?
          ORDER BY id`,
       ),
       voidOf: db.prepare(`SELECT id FROM fhir_outbox WHERE ref = ? AND action = '${OutboxAction.VOID}'`).pluck(),
+      // The corrected patient's own entry for an interval (the feeder's series, or a backfill).
+      nativeEntries: db.prepare(
+        `SELECT id, state, payload FROM fhir_outbox WHERE series IN (?, ? || '|fill') AND bucket = ? AND action = '${OutboxAction.CREATE}' AND id != ?`,
+      ),
       voidStateOf: db.prepare(`SELECT state FROM fhir_outbox WHERE ref = ? AND action = '${OutboxAction.VOID}'`).pluck(),
       // Backfill: the device's chart entries of a range of intervals (any reading time).
       entriesInBuckets: db.prepare(
@@ -210,6 +217,10 @@ export class Corrections {
          WHERE id = ? AND state = ?`,
       ),
       repatient: db.prepare(`UPDATE fhir_outbox SET payload = ?, updated = ? WHERE id = ? AND state = ?`),
+      skipTaken: db.prepare(
+        `UPDATE fhir_outbox SET state = '${OutboxState.SKIPPED}', payload = ?, error_code = '${FhirErrorCode.DUPLICATE}',
+           error = 'after a binding correction, the patient has another entry for this interval', updated = ? WHERE id = ? AND state = ?`,
+      ),
       hold: db.prepare(
         `UPDATE fhir_outbox SET state = '${OutboxState.HELD}', payload = ?, hold_until = ?, updated = ? WHERE id = ? AND state = '${OutboxState.QUEUED}'`,
       ),
@@ -232,7 +243,7 @@ export class Corrections {
         `UPDATE fhir_outbox SET state = '${OutboxState.SENDING}', attempts = attempts + 1, updated = ? WHERE id = ? AND state = '${OutboxState.QUEUED}'`,
       ),
       voidById: db.prepare(
-        `SELECT id, series, bucket, bucket_end, choice, state, reading_time, last_received, payload, identifier, fhir_id, error_code, revision
+        `SELECT id, series, bucket, bucket_end, choice, state, reading_time, last_received, payload, identifier, fhir_id, error_code, revision, ref
          FROM fhir_outbox WHERE id = ? AND action = '${OutboxAction.VOID}'`,
       ),
       // A re-issue: a create with the next revision. OR IGNORE: one per void (series), and one
@@ -297,6 +308,7 @@ export class Corrections {
     let reattributed = 0;
     let unbound = 0;
     let waiting = 0;
+    let merged = 0;
     for (const { row, payload } of rows) {
       const readings = withPatients(payload.readings, current);
       if (readings.every((r, i) => r === payload.readings[i])) continue; // patient unchanged
@@ -310,7 +322,9 @@ export class Corrections {
           waiting++;
           break;
         case OutboxState.QUEUED:
-          if (patient !== null) {
+          if (patient !== null && this.intervalTaken(readings, row.bucket, row.id)) {
+            merged += this.s.skipTaken.run(text, now, row.id, OutboxState.QUEUED).changes;
+          } else if (patient !== null) {
             reattributed += this.s.repatient.run(text, now, row.id, OutboxState.QUEUED).changes;
           } else if (this.options.unbound === 'hold') {
             unbound += this.s.hold.run(text, now + this.options.holdMs, now, row.id).changes;
@@ -319,12 +333,17 @@ export class Corrections {
           }
           break;
         case OutboxState.HELD:
-          if (patient !== null) reattributed += this.s.requeue.run(text, now, now, row.id, OutboxState.HELD).changes;
-          else this.s.repatient.run(text, now, row.id, OutboxState.HELD);
+          if (patient !== null && this.intervalTaken(readings, row.bucket, row.id)) {
+            merged += this.s.skipTaken.run(text, now, row.id, OutboxState.HELD).changes;
+          } else if (patient !== null) {
+            reattributed += this.s.requeue.run(text, now, now, row.id, OutboxState.HELD).changes;
+          } else {
+            this.s.repatient.run(text, now, row.id, OutboxState.HELD);
+          }
           break;
         case OutboxState.SKIPPED:
           // Only what was skipped for want of a patient; duplicates and unchartables stay skipped.
-          if (row.error_code === FhirErrorCode.UNBOUND && patient !== null && row.identifier !== null) {
+          if (row.error_code === FhirErrorCode.UNBOUND && patient !== null && row.identifier !== null && !this.intervalTaken(readings, row.bucket, row.id)) {
             reattributed += this.s.requeue.run(text, now, now, row.id, OutboxState.SKIPPED).changes;
           }
           break;
@@ -359,7 +378,7 @@ export class Corrections {
     // Last, once nothing is in flight: what the entries above now chart is known.
     const charted = done ? this.backfill(job, now) : 0;
     this.s.updateJob.run(done ? JOB_DONE : JOB_PENDING, voids, reattributed, unbound, charted, now, job.id);
-    return { job: job.id, device: job.device, from: job.from_time, to: job.to_time, reason: job.reason, voids, reattributed, unbound, charted, waiting, done };
+    return { job: job.id, device: job.device, from: job.from_time, to: job.to_time, reason: job.reason, voids, reattributed, merged, unbound, charted, waiting, done };
   }
 
   /**
@@ -483,6 +502,7 @@ export class Corrections {
     const payload = JSON.parse(row.payload) as Payload;
     const readings = withPatients(payload.readings, this.currentPatients(payload.readings.map((r) => r.id)));
     if (readings[0]?.observation.patient == null) return 0; // corrected to "no patient": voided only
+    if (this.intervalTaken(readings, row.bucket, row.ref ?? 0)) return 0; // the patient has its value for the interval
     const item = { kind: payload.kind, readings } satisfies Payload;
     const revision = row.revision + 1;
     const identifier = itemIdentifier(item, this.options.identifierNamespace, revision);
@@ -502,6 +522,25 @@ export class Corrections {
       revision,
       voidId,
     ).changes;
+  }
+
+  /**
+   * Whether the patient `readings` now belong to has an entry of its own for this interval
+   * (readings of the interval after the correction went there): a second one would chart two
+   * values for one interval. An entry that is voided, refused or skipped does not count, nor
+   * one a later correction gave to somebody else.
+   */
+  private intervalTaken(readings: readonly ChartReading[], bucket: number, self: number): boolean {
+    const d = this.options.policy.decide(readings[0]!.observation);
+    if (!d.chart) return false;
+    const rows = this.s.nativeEntries.all(d.series, d.series, bucket, self) as { id: number; state: OutboxState; payload: string }[];
+    return rows.some((r) => {
+      if (r.state === OutboxState.REJECTED || r.state === OutboxState.SKIPPED || this.s.voidOf.get(r.id) !== undefined) return false;
+      const head = (JSON.parse(r.payload) as Payload).readings[0]?.observation;
+      if (head === undefined) return false;
+      const other = this.options.policy.decide(head);
+      return other.chart && other.series === d.series;
+    });
   }
 
   counts(): CorrectionCounts {

@@ -429,7 +429,7 @@ class Charting implements FhirCharting {
 
   /** One line per correction job pass that did something; device and counts, no patient data. */
   private logCorrection(r: CorrectionReport): void {
-    if (!r.done && r.voids + r.reattributed + r.unbound + r.charted === 0) return; // still waiting, nothing new
+    if (!r.done && r.voids + r.reattributed + r.merged + r.unbound + r.charted === 0) return; // still waiting, nothing new
     this.log.info(
       {
         job: r.job,
@@ -439,6 +439,7 @@ class Charting implements FhirCharting {
         reason: r.reason,
         voids: r.voids,
         reattributed: r.reattributed,
+        merged: r.merged,
         unbound: r.unbound,
         charted: r.charted,
         waiting: r.waiting,
