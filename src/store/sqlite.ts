@@ -5,7 +5,7 @@ import Database from 'better-sqlite3';
 import type { MessageIdentity } from '../driver.js';
 import { ErrorCode, GatewayError } from '../errors.js';
 import type { DeadLetter, DeadLetterInput } from '../model/dead-letter.js';
-import { Quality, type PatientId } from '../model/measurement.js';
+import type { PatientId } from '../model/measurement.js';
 import type { Observation } from '../model/observation.js';
 import { pseudonym } from '../pseudonym.js';
 import type {
@@ -342,10 +342,11 @@ export class SqliteStore implements Store {
 
   /**
    * Re-attributes stored readings: those of `devices` (reading device ids) with a time in
-   * `[from, to)` get the patient and location `resolve` gives for their time now. A reading
-   * whose patient changes loses PATIENT_MISMATCH (the binding was decided again by a person or
-   * by ADT). At most `limit` readings per call, starting after store id `afterId`, in one
-   * transaction; call again with the returned `lastId` until `done`.
+   * `[from, to)` get the patient and location `resolve` gives for their time now. Flags stay:
+   * a PATIENT_MISMATCH reading's message named someone else, and that is still true (the PID
+   * is not kept apart, so it cannot be compared with the new patient). At most `limit`
+   * readings per call, starting after store id `afterId`, in one transaction; call again with
+   * the returned `lastId` until `done`.
    */
   reattribute(
     devices: readonly string[],
@@ -358,14 +359,14 @@ export class SqliteStore implements Store {
   ): { changed: number; changedDevices: string[]; lastId: number; done: boolean } {
     if (devices.length === 0) return { changed: 0, changedDevices: [], lastId: afterId, done: true };
     const select = this.db.prepare(
-      `SELECT id, device, time, flags, patient_system, patient_value, location FROM observations
+      `SELECT id, device, time, patient_system, patient_value, location FROM observations
        WHERE device IN (${devices.map(() => '?').join(', ')}) AND time >= ? AND time < ? AND id > ? ORDER BY id LIMIT ?`,
     );
-    const update = this.db.prepare('UPDATE observations SET patient_system = ?, patient_value = ?, location = ?, flags = ? WHERE id = ?');
+    const update = this.db.prepare('UPDATE observations SET patient_system = ?, patient_value = ?, location = ? WHERE id = ?');
     let changed = 0;
     let lastId = afterId;
     const changedDevices = new Set<string>();
-    let rows: Pick<ObservationRow, 'id' | 'device' | 'time' | 'flags' | 'patient_system' | 'patient_value' | 'location'>[] = [];
+    let rows: Pick<ObservationRow, 'id' | 'device' | 'time' | 'patient_system' | 'patient_value' | 'location'>[] = [];
     this.db.transaction(() => {
       rows = select.all(...devices, from, to, afterId, limit) as typeof rows;
       for (const r of rows) {
@@ -376,8 +377,7 @@ export class SqliteStore implements Store {
         const location = now.location === undefined ? r.location : now.location;
         if (system === r.patient_system && value === r.patient_value && location === r.location) continue;
         const patientChanged = system !== r.patient_system || value !== r.patient_value;
-        const flags = patientChanged ? r.flags & ~Quality.PATIENT_MISMATCH : r.flags;
-        update.run(system, value, location, flags, r.id);
+        update.run(system, value, location, r.id);
         if (patientChanged) {
           changed++;
           changedDevices.add(r.device);
