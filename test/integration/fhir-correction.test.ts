@@ -292,4 +292,35 @@ describe('binding corrections in the EPJ', () => {
     expect(after).toHaveLength(3);
     expect(charting.deliveryState(1)).toMatchObject({ state: OutboxState.CONFIRMED });
   }, 60_000);
+
+  it('an EPJ that cannot search by identifier refuses only that void; new readings are still charted', async () => {
+    const epj = await epjWith();
+    const proxy = await startRecordingProxy(epj.url);
+    cleanups.push(() => proxy.close());
+    const { store } = tempStore();
+    cleanups.push(() => store.close());
+    const charting = await chartingTo(proxy.url, store);
+    const t0 = Date.now() - 3_600_000;
+    await chartForA(epj.url, charting, store, t0);
+    // Our ids of the t0 Observations are unknown: the voids must search by identifier.
+    store.database().prepare('UPDATE fhir_outbox SET fhir_id = NULL WHERE reading_time = ?').run(t0);
+    proxy.hook = ({ method, path }) =>
+      method === 'GET' && path.startsWith('/Observation?')
+        ? { status: 400, body: { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'not-supported', diagnostics: 'identifier search' }] } }
+        : undefined;
+    reattributeStore(store, DEVICE, t0, t0 + 1, B);
+    charting.reattributed({ device: DEVICE, from: t0, to: t0 + 1, reason: 'binding corrected by token:test' });
+    await commit(store, [reading('hr', { time: t0 + 10 * 60 * SECOND })]);
+    await waitFor(settled(charting, store), 20_000, 'settled');
+    const rejected = charting.entries(OutboxState.REJECTED, 100);
+    expect(rejected.map((e) => [e.action, e.httpStatus])).toEqual([
+      [OutboxAction.VOID, 400],
+      [OutboxAction.VOID, 400],
+      [OutboxAction.VOID, 400],
+    ]);
+    const after = await allResources<FhirObservation>(epj.url, 'Observation');
+    expect(after).toHaveLength(13);
+    expect(after.filter((o) => o.status === 'entered-in-error')).toHaveLength(0);
+    expect(charting.status().epj.consecutiveFailures).toBe(0);
+  }, 60_000);
 });

@@ -15,8 +15,14 @@
  *   at the next pass;
  * - `rejected`: left as it is (a dead letter is not in the chart).
  *
+ * One value per interval and patient: when the corrected patient has an entry of its own for the
+ * interval already (readings after the binding change went there), an unsent entry is skipped
+ * (DUPLICATE) and a void re-issues nothing. Last, readings no entry took because they had no
+ * patient or a patient mismatch are charted now (`backfill.ts`).
+ *
  * Every step is idempotent (a void per entry at most: unique index; a re-issue per void at most:
- * unique series), so a job run again after a crash changes nothing twice.
+ * unique series; a backfill per series and interval at most), so a job run again after a crash
+ * changes nothing twice.
  */
 import type Database from 'better-sqlite3';
 import { scrubCpr } from '../../log.js';

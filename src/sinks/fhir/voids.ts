@@ -42,7 +42,11 @@ export interface VoidSenderOptions {
 }
 
 /** The outcome for one Observation: done (voided or gone), or refused for good. */
-type Voided = { readonly kind: 'done'; readonly status: number } | { readonly kind: 'refused'; readonly status: number; readonly outcome: OperationOutcome | undefined; readonly what: string } | { readonly kind: 'conflict' };
+type Voided =
+  | { readonly kind: 'done'; readonly status: number }
+  | { readonly kind: 'refused'; readonly status: number; readonly outcome: OperationOutcome | undefined; readonly what: string }
+  /** Still changing after MAX_CONFLICTS read-and-PUT rounds: try again later. */
+  | { readonly kind: 'conflict' };
 
 export class VoidSender {
   private readonly random: () => number;
@@ -73,7 +77,9 @@ export class VoidSender {
   }
 
   private async voidEntry(entry: VoidEntry, signal: AbortSignal | undefined, onAnswer: () => void): Promise<EntryResult> {
-    const ids = entry.target.fhirId !== null ? [entry.target.fhirId] : await this.search(entry.target.identifier, signal, onAnswer);
+    const found = entry.target.fhirId !== null ? [entry.target.fhirId] : await this.search(entry.target.identifier, signal, onAnswer);
+    if (!Array.isArray(found)) return this.refused(entry, found);
+    const ids = found;
     let status = 200;
     for (const id of ids) {
       const r = await this.voidObservation(id, signal, onAnswer);
@@ -87,26 +93,36 @@ export class VoidSender {
           status: 412,
         };
       }
-      if (r.kind === 'refused') {
-        const message = `${r.what}: ${summarize(r.status, r.outcome)}`;
-        this.o.log.warn(
-          { entry: entry.id, identifier: entry.identifier, code: FhirErrorCode.REJECTED, status: r.status, issue: issueCodes(r.outcome)[0] },
-          'void refused by the EPJ (dead letter)',
-        );
-        return { id: entry.id, kind: 'rejected', code: FhirErrorCode.REJECTED, message, status: r.status, ...(r.outcome ? { outcome: r.outcome } : {}) };
-      }
+      if (r.kind === 'refused') return this.refused(entry, r);
       status = r.status;
     }
     // Nothing found is fine too: nothing of ours is left charted for the wrong patient.
     return { id: entry.id, kind: 'confirmed', fhirId: ids[0] ?? null, status: ids.length === 0 ? 404 : status };
   }
 
-  /** Ids (`Observation/<id>`) of the Observations carrying our identifier. */
-  private async search(identifier: string, signal: AbortSignal | undefined, onAnswer: () => void): Promise<string[]> {
+  /** A void the EPJ refuses for good: a dead letter with its OperationOutcome. */
+  private refused(entry: VoidEntry, r: { status: number; outcome: OperationOutcome | undefined; what: string }): EntryResult {
+    const message = `${r.what}: ${summarize(r.status, r.outcome)}`;
+    this.o.log.warn(
+      { entry: entry.id, identifier: entry.identifier, code: FhirErrorCode.REJECTED, status: r.status, issue: issueCodes(r.outcome)[0] },
+      'void refused by the EPJ (dead letter)',
+    );
+    return { id: entry.id, kind: 'rejected', code: FhirErrorCode.REJECTED, message, status: r.status, ...(r.outcome ? { outcome: r.outcome } : {}) };
+  }
+
+  /**
+   * Ids (`Observation/<id>`) of the Observations carrying our identifier, or the refusal of a
+   * server that cannot search by identifier (that void is a dead letter; nothing else waits).
+   */
+  private async search(
+    identifier: string,
+    signal: AbortSignal | undefined,
+    onAnswer: () => void,
+  ): Promise<string[] | { status: number; outcome: OperationOutcome | undefined; what: string }> {
     const query = new URLSearchParams({ identifier: `${this.o.identifierSystem}|${identifier}`, _count: String(SEARCH_COUNT) });
     const res = await this.call('GET', `/Observation?${query.toString()}`, undefined, {}, signal);
     onAnswer();
-    if (res.status !== 200) this.fail(res, 'Observation search');
+    if (res.status !== 200) return this.judge(res, 'Observation search');
     const bundle = parseJson(res.body) as Bundle | undefined;
     if (bundle?.resourceType !== 'Bundle') {
       throw new Halt({ code: FhirErrorCode.BAD_RESPONSE, message: 'Observation search answer is not a Bundle', status: res.status, retryAfterMs: null, reached: true });
