@@ -337,12 +337,17 @@ describe('corrections: readings no entry took', () => {
     expect(claimed.every((c) => c.identifier === itemIdentifier(c.item, NAMESPACE, 0))).toBe(true);
   });
 
-  it('a patient mismatch before: charted once the correction settles who it was', async () => {
+  it('a reading flagged PATIENT_MISMATCH stays out of the chart after a correction (the store keeps the flag)', async () => {
     const s = setup();
     await put(s, [reading('sys', { time: T0, flags: Quality.PATIENT_MISMATCH }), reading('dia', { time: T0, flags: Quality.PATIENT_MISMATCH })]);
     pass(s, T0 + MINUTE);
     expect(entries(s)).toHaveLength(0);
     reattributeStore(s.store, DEVICE, T0, T0 + 1, B);
+    s.corrections.record(change(T0, T0 + 1), T0 + MINUTE);
+    expect(s.corrections.run(T0 + MINUTE)[0]).toMatchObject({ charted: 0, done: true });
+    expect(s.outbox.claim(10, T0 + MINUTE)).toHaveLength(0);
+    // The same readings without the flag are charted: the flag is what keeps them out.
+    s.store.database().prepare('UPDATE observations SET flags = 0').run();
     s.corrections.record(change(T0, T0 + 1), T0 + MINUTE);
     expect(s.corrections.run(T0 + MINUTE)[0]).toMatchObject({ charted: 1 });
     const [bp] = s.outbox.claim(10, T0 + MINUTE);

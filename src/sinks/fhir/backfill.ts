@@ -1,7 +1,7 @@
 /**
  * Readings a binding correction made chartable that no chart entry ever took: they had no
- * patient (`charting.unbound: store` keeps such readings out of the outbox) or disagreed with
- * the bed's patient (PATIENT_MISMATCH, cleared by the re-attribution). Pure: groups them into
+ * patient (`charting.unbound: store` keeps such readings out of the outbox). Readings the policy
+ * still refuses stay out (PATIENT_MISMATCH is kept by the re-attribution). Pure: groups them into
  * the chart entries the outbox would have made (series × interval, `latest` or `median`).
  */
 import type { StoredObservation } from '../../store/store.js';

@@ -18,7 +18,7 @@
  * One value per interval and patient: when the corrected patient has an entry of its own for the
  * interval already (readings after the binding change went there), an unsent entry is skipped
  * (DUPLICATE) and a void re-issues nothing. Last, readings no entry took because they had no
- * patient or a patient mismatch are charted now (`backfill.ts`).
+ * patient are charted now (`backfill.ts`).
  *
  * Every step is idempotent (a void per entry at most: unique index; a re-issue per void at most:
  * unique series; a backfill per series and interval at most), so a job run again after a crash
@@ -80,7 +80,7 @@ export interface CorrectionReport {
   readonly merged: number;
   /** Entries not sent yet that lost their patient (held, or skipped with `unbound: store`). */
   readonly unbound: number;
-  /** New entries for readings no entry had taken (no patient or a patient mismatch before). */
+  /** New entries for readings no entry had taken (they had no patient before). */
   readonly charted: number;
   /** Entries still open or in flight: the job looks again at the next pass. */
   readonly waiting: number;
