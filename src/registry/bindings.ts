@@ -7,9 +7,10 @@
  * audit rows and updates the arrays as it goes; if the transaction fails, the arrays are
  * reloaded from the database, so memory never shows what was not committed.
  *
- * Stays removed by a cancel (A11/A12) or replaced by ADT are kept as tombstones (`cancelled`
- * set): they make replayed and reordered ADT messages safe (an admit that was cancelled is not
- * applied again when its message is replayed) and they stay in the legal record.
+ * ADT messages are recorded when applied (`adt_applied`: sender, MSH-10 and content), so a
+ * resent message is ignored however late it comes. Stays removed by a cancel (A11/A12) or
+ * replaced by ADT are kept as tombstones (`cancelled` set): a cancel that is sent again (by
+ * another interface engine) is recognised by them, and they stay in the legal record.
  *
  * Changes that reach back before "now" are announced as `AttributionChange`s after the commit,
  * so stored readings are re-attributed (src/pipeline/reattribute.ts).
@@ -52,19 +53,13 @@ CREATE TABLE IF NOT EXISTS bed_occupancies (
   cancelled INTEGER
 );
 CREATE INDEX IF NOT EXISTS bed_occupancies_bed ON bed_occupancies (bed, from_ms);
--- ADT events applied (a hash of sender, type, patient, beds and time — not of MSH-10, which a
--- sender may renew on a resend): a replayed message, however late, is recognised and ignored.
+-- ADT messages applied (a hash of MSH-3, MSH-10 and the event): a resent message, however
+-- late, is recognised and ignored. A new message with the same content (a transfer re-entered
+-- after its cancel, with the same time) is applied: it has its own MSH-10.
 CREATE TABLE IF NOT EXISTS adt_applied (
   event TEXT PRIMARY KEY,
   at INTEGER NOT NULL
 ) WITHOUT ROWID;
--- Discharges (A03) undone by an A13: a replayed A03 must not end the stay again.
-CREATE TABLE IF NOT EXISTS adt_cancelled_discharges (
-  patient_system TEXT NOT NULL,
-  patient_value TEXT NOT NULL,
-  at INTEGER NOT NULL,
-  PRIMARY KEY (patient_system, patient_value, at)
-);
 `;
 
 interface BindingRow {
@@ -175,8 +170,6 @@ export class Bindings implements BindingsApi {
   private readonly byPatient = new Map<string, Occupancy[]>();
   /** Tombstones per patient (cancelled or replaced stays). */
   private readonly tombstones = new Map<string, Occupancy[]>();
-  /** `patientKey@time` of discharges undone by A13. */
-  private readonly cancelledDischarges = new Set<string>();
   /** Last answer per reading device id: reused while the time stays in its window. */
   private readonly cache = new Map<string, Attribution>();
   private readonly listeners: ((change: AttributionChange) => void)[] = [];
@@ -197,7 +190,6 @@ export class Bindings implements BindingsApi {
     this.sql = {
       allBindings: db.prepare('SELECT * FROM device_bindings ORDER BY from_ms, id'),
       allOccupancies: db.prepare('SELECT * FROM bed_occupancies ORDER BY from_ms, id'),
-      allCancelledDischarges: db.prepare('SELECT * FROM adt_cancelled_discharges'),
       insertBinding: db.prepare(
         'INSERT INTO device_bindings (device, bed, patient_system, patient_value, from_ms, to_ms, actor, created, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
       ),
@@ -210,7 +202,6 @@ export class Bindings implements BindingsApi {
       cancelOccupancy: db.prepare('UPDATE bed_occupancies SET cancelled = ? WHERE id = ?'),
       adtApplied: db.prepare('SELECT 1 FROM adt_applied WHERE event = ?').pluck(),
       insertAdtApplied: db.prepare('INSERT OR IGNORE INTO adt_applied (event, at) VALUES (?, ?)'),
-      insertCancelledDischarge: db.prepare('INSERT OR IGNORE INTO adt_cancelled_discharges (patient_system, patient_value, at) VALUES (?, ?, ?)'),
     };
     this.load();
   }
@@ -455,7 +446,7 @@ export class Bindings implements BindingsApi {
     const identity = adtIdentity(event);
     return this.change(`ADT ${event.type}`, () => {
       // A replay (a resend after a reconnect, a feed replayed from a backup) is recognised as a
-      // whole; the per-event checks below still make a reordered or re-sent event harmless.
+      // whole; the per-event checks below make an event whose effect is already there harmless.
       if (this.sql.adtApplied.get(identity) !== undefined) return { changed: false, note: `${event.type}: already applied` };
       const result = this.applyAdtEvent(event, actor);
       this.sql.insertAdtApplied.run(identity, this.now);
@@ -502,9 +493,6 @@ export class Bindings implements BindingsApi {
     const pk = patientKey(event.patient);
     const stays = this.byPatient.get(pk) ?? [];
     if (stays.some((s) => s.bed === bed && s.from === t)) return { changed: false, note: `${event.type}: already applied` };
-    if ((this.tombstones.get(pk) ?? []).some((s) => s.bed === bed && s.from === t)) {
-      return { changed: false, note: `${event.type}: that stay was cancelled; not applied again` };
-    }
     const action = `occupancy.adt.${event.type}`;
     const covering = stays.find((s) => s.from <= t && t < end(s.to));
     let to: number | null;
@@ -534,7 +522,6 @@ export class Bindings implements BindingsApi {
   private discharge(event: AdtEvent, actor: string): { changed: boolean; note: string } {
     const pk = patientKey(event.patient);
     const t = event.time;
-    if (this.cancelledDischarges.has(`${pk}@${t}`)) return { changed: false, note: 'A03: that discharge was cancelled; not applied again' };
     const stays = this.byPatient.get(pk) ?? [];
     const covering = stays.find((s) => s.from <= t && t < end(s.to));
     if (covering === undefined) {
@@ -589,10 +576,6 @@ export class Bindings implements BindingsApi {
     let last: Occupancy | null = null;
     for (const s of stays) if (last === null || s.to! > last.to!) last = s;
     if (last === null) throw notApplicable('A13: the patient has no ended stay to reopen');
-    const dischargedAt = last.to!;
-    this.sql.insertCancelledDischarge.run(event.patient.system, event.patient.value, dischargedAt);
-    this.cancelledDischarges.add(`${pk}@${dischargedAt}`);
-    this.dirty = true;
     const nextInBed = (this.byBed.get(last.bed) ?? []).find((o) => o.from > last.from && o.id !== last.id);
     const to = nextInBed === undefined ? null : nextInBed.from;
     if (to === last.to) return { changed: false, note: `A13: ${last.bed} was taken at the discharge; stay not extended` };
@@ -775,7 +758,6 @@ export class Bindings implements BindingsApi {
     this.byBed.clear();
     this.byPatient.clear();
     this.tombstones.clear();
-    this.cancelledDischarges.clear();
     this.cache.clear();
     for (const r of this.sql.allBindings.all() as BindingRow[]) {
       const b: Binding = {
@@ -808,9 +790,6 @@ export class Bindings implements BindingsApi {
       if (r.cancelled === null) this.indexOccupancy(o);
       else this.addTombstone(o);
     }
-    for (const r of this.sql.allCancelledDischarges.all() as { patient_system: string; patient_value: string; at: number }[]) {
-      this.cancelledDischarges.add(`${patientKey({ system: r.patient_system, value: r.patient_value })}@${r.at}`);
-    }
   }
 
   private requireDevice(idOrEui64: string): DeviceRecord {
@@ -835,9 +814,9 @@ export class Bindings implements BindingsApi {
   }
 }
 
-/** What makes two ADT messages the same event (MSH-10 left out: senders renew it on resends). */
+/** What makes two ADT messages the same message: sender, MSH-10 and what it says. */
 function adtIdentity(e: AdtEvent): string {
-  const text = JSON.stringify([e.sender, e.type, e.patient.system, e.patient.value, e.bed, e.priorBed, e.time]);
+  const text = JSON.stringify([e.sender, e.controlId, e.type, e.patient.system, e.patient.value, e.bed, e.priorBed, e.time]);
   return createHash('sha256').update(text).digest('base64url');
 }
 

@@ -210,6 +210,18 @@ describe('ADT sequences: readings before, at and after each boundary', () => {
     expect(code(() => bindings.applyAdt(adt('A13', { system: CPR_SYSTEM, value: '0101009999' }, T0)))).toBe(ErrorCode.ADT_NOT_APPLICABLE);
   });
 
+  it('a cancelled admit or discharge re-entered with the same time (a new message) is applied again', () => {
+    bindings.applyAdt(adt('A01', P1, T0 + H, 'ICU/1/1'));
+    bindings.applyAdt(adt('A11', P1, T0 + 2 * H, 'ICU/1/1'));
+    expect(bindings.applyAdt({ ...adt('A01', P1, T0 + H, 'ICU/1/1'), controlId: 'RE-ENTERED-1' }).changed).toBe(true);
+    expect(who('mon-1', T0 + H)).toBe(P1.value);
+    bindings.applyAdt(adt('A03', P1, T0 + 3 * H));
+    bindings.applyAdt(adt('A13', P1, T0 + 4 * H));
+    expect(who('mon-1', T0 + 3 * H)).toBe(P1.value);
+    expect(bindings.applyAdt({ ...adt('A03', P1, T0 + 3 * H), controlId: 'RE-ENTERED-2' }).changed).toBe(true);
+    expect(who('mon-1', T0 + 3 * H)).toBeNull();
+  });
+
   it('a late transfer inserted between earlier messages splits the stay', () => {
     bindings.applyAdt(adt('A01', P1, T0 + H, 'ICU/1/1'));
     bindings.applyAdt(adt('A03', P1, T0 + 6 * H));
@@ -365,7 +377,7 @@ describe('persistence', () => {
     const before = answers(bindings);
     const reloaded = open();
     expect(answers(reloaded)).toEqual(before);
-    // Tombstones survive too: the cancelled admit is not re-applied after a restart.
+    // The record of applied messages survives too: the cancelled admit's message is not re-applied after a restart.
     expect(reloaded.applyAdt(adt('A01', P2, T0 + 4 * H, 'ICU/1/1')).changed).toBe(false);
   });
 });
