@@ -5,11 +5,11 @@
  */
 import { readFileSync } from 'node:fs';
 import { bootstrapTokenFile } from '../api/auth.js';
+import { UsageError } from '../cli.js';
 import { loadConfig } from '../config/load.js';
 import { GatewayError } from '../errors.js';
 
 /** Exit code 2 and the message with the command's help. */
-export class CliUsageError extends Error {}
 
 /** Exit code 1: the gateway said no, or could not be reached. */
 export class CliFailure extends Error {}
@@ -43,7 +43,7 @@ export function connection(values: Record<string, unknown>, env: NodeJS.ProcessE
   let config: { dataDir: string; http: { port: number } } | null = null;
   const loadIt = () => (config ??= loadConfig({ file: configFile, env }));
   const url = ((values.url as string | undefined) ?? fromEnv('MDI_URL') ?? (configFile ? `http://127.0.0.1:${loadIt().http.port}` : 'http://127.0.0.1:8080')).replace(/\/+$/, '');
-  if (!/^https?:\/\/[^/]+/.test(url)) throw new CliUsageError(`--url must be an http(s) URL, got '${url}'`);
+  if (!/^https?:\/\/[^/]+/.test(url)) throw new UsageError(`--url must be an http(s) URL, got '${url}'`);
   let token = (values.token as string | undefined) ?? fromEnv('MDI_TOKEN') ?? null;
   const tokenFile = values['token-file'] as string | undefined;
   if (token === null && tokenFile !== undefined) token = readToken(tokenFile, true);
@@ -57,11 +57,11 @@ export function connection(values: Record<string, unknown>, env: NodeJS.ProcessE
 function readToken(file: string, required: boolean): string | null {
   try {
     const t = readFileSync(file, 'utf8').trim();
-    if (t === '' && required) throw new CliUsageError(`${file} is empty`);
+    if (t === '' && required) throw new UsageError(`${file} is empty`);
     return t === '' ? null : t;
   } catch (err) {
-    if (err instanceof CliUsageError) throw err;
-    if (required) throw new CliUsageError(`cannot read the token file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    if (err instanceof UsageError) throw err;
+    if (required) throw new UsageError(`cannot read the token file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
     return null;
   }
 }
@@ -104,7 +104,7 @@ export async function runCli(name: string, help: string, body: () => Promise<num
   try {
     return await body();
   } catch (err) {
-    if (err instanceof CliUsageError) {
+    if (err instanceof UsageError) {
       process.stderr.write(`mdi ${name}: ${err.message}\n\n${help}\n`);
       return 2;
     }
@@ -131,7 +131,7 @@ export async function readStdin(limit = 4096): Promise<string> {
   let size = 0;
   for await (const chunk of process.stdin) {
     size += (chunk as Buffer).length;
-    if (size > limit) throw new CliUsageError(`stdin is longer than ${limit} bytes`);
+    if (size > limit) throw new UsageError(`stdin is longer than ${limit} bytes`);
     chunks.push(chunk as Buffer);
   }
   return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');

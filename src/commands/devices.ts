@@ -4,7 +4,8 @@
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { call, CliUsageError, connection, CONNECTION_HELP, CONNECTION_OPTIONS, readStdin, runCli } from './api-client.js';
+import { UsageError } from '../cli.js';
+import { call, connection, CONNECTION_HELP, CONNECTION_OPTIONS, readStdin, runCli } from './api-client.js';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 
@@ -117,7 +118,7 @@ export async function runDevicesCli(argv: string[]): Promise<number> {
       bind: { ward: { type: 'string' }, room: { type: 'string' }, bed: { type: 'string' }, 'patient-stdin': { type: 'boolean' }, from: { type: 'string' }, to: { type: 'string' }, reason: { type: 'string' } },
       unbind: { at: { type: 'string' } },
     } as Record<string, Options>)[sub];
-    if (extra === undefined) throw new CliUsageError(`unknown command '${sub}'`);
+    if (extra === undefined) throw new UsageError(`unknown command '${sub}'`);
     const { values, positionals } = parseArgs({
       args: rest,
       options: { ...CONNECTION_OPTIONS, ...extra, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
@@ -132,7 +133,7 @@ export async function runDevicesCli(argv: string[]): Promise<number> {
     const json = v.json === true;
     const needId = sub !== 'list' && sub !== 'add';
     if (positionals.length !== (needId ? 1 : 0)) {
-      throw new CliUsageError(needId ? `'devices ${sub}' takes one device ID` : `'devices ${sub}' takes no positional arguments (got ${positionals.join(' ')})`);
+      throw new UsageError(needId ? `'devices ${sub}' takes one device ID` : `'devices ${sub}' takes no positional arguments (got ${positionals.join(' ')})`);
     }
     const id = positionals[0] ?? '';
     const c = connection(v);
@@ -155,14 +156,14 @@ export async function runDevicesCli(argv: string[]): Promise<number> {
       case 'add': {
         const body = deviceBody(v);
         if (typeof v.id === 'string') body.id = v.id;
-        if (body.id === undefined) throw new CliUsageError('add needs --id');
-        if (body.kind === undefined) throw new CliUsageError('add needs --kind');
+        if (body.id === undefined) throw new UsageError('add needs --id');
+        if (body.kind === undefined) throw new UsageError('add needs --kind');
         return printDevice(await call<DeviceView>(c, 'POST', '/api/devices', body), json, 'registered');
       }
       case 'update':
       case 'approve': {
         const body = deviceBody(v);
-        if (sub === 'update' && Object.keys(body).length === 0) throw new CliUsageError('update needs at least one field to change');
+        if (sub === 'update' && Object.keys(body).length === 0) throw new UsageError('update needs at least one field to change');
         const d = sub === 'update' ? await call<DeviceView>(c, 'PATCH', `/api/devices/${enc(id)}`, body) : await call<DeviceView>(c, 'POST', `/api/devices/${enc(id)}/approve`, body);
         return printDevice(d, json, sub === 'update' ? 'updated' : 'approved');
       }
@@ -173,10 +174,10 @@ export async function runDevicesCli(argv: string[]): Promise<number> {
       case 'bind': {
         const body: Record<string, unknown> = {};
         if (v['patient-stdin'] === true) {
-          if (v.ward !== undefined) throw new CliUsageError('give a bed (--ward …) or --patient-stdin, not both');
+          if (v.ward !== undefined) throw new UsageError('give a bed (--ward …) or --patient-stdin, not both');
           body.patient = parsePatient(await readStdin());
         } else {
-          if (typeof v.ward !== 'string') throw new CliUsageError('bind needs --ward (and --room, --bed) or --patient-stdin');
+          if (typeof v.ward !== 'string') throw new UsageError('bind needs --ward (and --room, --bed) or --patient-stdin');
           body.bed = location(v);
         }
         for (const key of ['from', 'to', 'reason'] as const) if (typeof v[key] === 'string') body[key] = v[key];
@@ -203,7 +204,7 @@ function parsePatient(text: string): Record<string, string> {
   const bar = t.indexOf('|');
   if (bar > 0 && bar < t.length - 1) return { system: t.slice(0, bar), value: t.slice(bar + 1) };
   // Never echo what was read: it may be a mistyped CPR number.
-  throw new CliUsageError('stdin must hold a CPR number (10 digits) or system|value');
+  throw new UsageError('stdin must hold a CPR number (10 digits) or system|value');
 }
 
 function location(v: Record<string, string | boolean | undefined>): Record<string, string> {
@@ -220,7 +221,7 @@ function deviceBody(v: Record<string, string | boolean | undefined>): Record<str
     try {
       body = JSON.parse(text) as Record<string, unknown>;
     } catch (err) {
-      throw new CliUsageError(`--input: not JSON (${(err as Error).message})`);
+      throw new UsageError(`--input: not JSON (${(err as Error).message})`);
     }
   }
   const fields: [string, string][] = [
@@ -233,18 +234,18 @@ function deviceBody(v: Record<string, string | boolean | undefined>): Record<str
   for (const [opt, key] of fields) if (typeof v[opt] === 'string') body[key] = v[opt];
   if (typeof v['expected-interval'] === 'string') {
     const n = Number(v['expected-interval']);
-    if (!Number.isInteger(n)) throw new CliUsageError('--expected-interval must be whole seconds');
+    if (!Number.isInteger(n)) throw new UsageError('--expected-interval must be whole seconds');
     body.expectedIntervalSeconds = n;
   }
   if (typeof v.ward === 'string') body.location = location(v);
-  else if (v.room !== undefined || v.bed !== undefined) throw new CliUsageError('--room and --bed need --ward');
+  else if (v.room !== undefined || v.bed !== undefined) throw new UsageError('--room and --bed need --ward');
   if (typeof v.transport === 'string') {
     switch (v.transport) {
       case 'mllp':
         body.transport = { type: 'mllp', ...(typeof v.sender === 'string' ? { sender: v.sender } : {}) };
         break;
       case 'mqtt':
-        if (typeof v['client-id'] !== 'string') throw new CliUsageError('--transport mqtt needs --client-id');
+        if (typeof v['client-id'] !== 'string') throw new UsageError('--transport mqtt needs --client-id');
         body.transport = {
           type: 'mqtt',
           clientId: v['client-id'],
@@ -253,18 +254,18 @@ function deviceBody(v: Record<string, string | boolean | undefined>): Record<str
         };
         break;
       case 'serial': {
-        if (typeof v['serial-settings'] !== 'string') throw new CliUsageError('--transport serial needs --serial-settings JSON');
+        if (typeof v['serial-settings'] !== 'string') throw new UsageError('--transport serial needs --serial-settings JSON');
         let settings: unknown;
         try {
           settings = JSON.parse(v['serial-settings']);
         } catch (err) {
-          throw new CliUsageError(`--serial-settings: not JSON (${(err as Error).message})`);
+          throw new UsageError(`--serial-settings: not JSON (${(err as Error).message})`);
         }
         body.transport = { type: 'serial', settings };
         break;
       }
       default:
-        throw new CliUsageError(`--transport must be mllp, mqtt or serial, got '${v.transport}'`);
+        throw new UsageError(`--transport must be mllp, mqtt or serial, got '${v.transport}'`);
     }
   }
   return body;

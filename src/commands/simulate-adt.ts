@@ -1,4 +1,5 @@
 import { UsageError } from '../cli.js';
+import { integerOption, numberOption } from './args.js';
 
 /** Options of the other simulators that mean nothing to an ADT feed. */
 const NOT_FOR_ADT = ['devices', 'window', 'profile', 'faults', 'fault-rate', 'port', 'tcp-port', 'pause-ms', 'unplug-ms', 'interval-ms', 'secret', 'prefix', 'print-config', 'no-auth'];
@@ -21,17 +22,17 @@ export async function runAdtSimulate(values: Record<string, unknown>): Promise<n
   if (beds.length === 0 || beds.some((b) => !/^[^/^|~\\&\s]+(\/[^/^|~\\&\s]+){0,2}$/.test(b))) {
     throw new UsageError('--beds: a comma list of bed keys ward/room/bed (no HL7 delimiters or spaces)');
   }
-  const patients = integer(values.patients, '--patients') ?? beds.length * 2;
+  const patients = integerOption(values.patients, '--patients') ?? beds.length * 2;
   if (patients < 1 || patients > 1000) throw new UsageError('--patients must be between 1 and 1000');
-  const rate = number(values.rate, '--rate') ?? ADT_SIMULATION_DEFAULTS.rate;
+  const rate = numberOption(values.rate, '--rate') ?? ADT_SIMULATION_DEFAULTS.rate;
   if (rate < 0) throw new UsageError('--rate must be ≥ 0');
-  const transferEvery = number(values['transfer-every'], '--transfer-every') ?? 600;
+  const transferEvery = numberOption(values['transfer-every'], '--transfer-every') ?? 600;
   if (transferEvery < 0) throw new UsageError('--transfer-every must be ≥ 0 (seconds; 0 = no transfers)');
   const charset = (values.charset as string | undefined) ?? 'utf8';
   if (charset !== 'utf8' && charset !== 'latin1') throw new UsageError(`--charset must be utf8 or latin1, got '${charset}'`);
-  const durationS = number(values.duration, '--duration');
-  const count = integer(values.count, '--count');
-  const seed = integer(values.seed, '--seed');
+  const durationS = numberOption(values.duration, '--duration');
+  const count = integerOption(values.count, '--count');
+  const seed = integerOption(values.seed, '--seed');
 
   const controller = new AbortController();
   const onSignal = () => controller.abort();
@@ -63,17 +64,4 @@ export async function runAdtSimulate(values: Record<string, unknown>): Promise<n
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
-}
-
-function number(value: unknown, flag: string): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isFinite(n)) throw new UsageError(`${flag} must be a number, got '${String(value)}'`);
-  return n;
-}
-
-function integer(value: unknown, flag: string): number | undefined {
-  const n = number(value, flag);
-  if (n !== undefined && !Number.isInteger(n)) throw new UsageError(`${flag} must be a whole number, got '${String(value)}'`);
-  return n;
 }

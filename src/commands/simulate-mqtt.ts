@@ -1,4 +1,5 @@
 import { UsageError } from '../cli.js';
+import { integerOption, numberOption } from './args.js';
 
 /** Options of other simulators that mean nothing to the MQTT fleet. */
 const NOT_FOR_MQTT = ['window', 'profile', 'charset', 'port', 'tcp-port', 'pause-ms', 'unplug-ms', 'interval-ms'];
@@ -11,7 +12,7 @@ const NOT_FOR_MQTT = ['window', 'profile', 'charset', 'port', 'tcp-port', 'pause
 export async function runMqttSimulate(values: Record<string, unknown>): Promise<number> {
   for (const name of NOT_FOR_MQTT) if (values[name] !== undefined) throw new UsageError(`--${name} is not an option of the mqtt simulator`);
   const { fleetDevices, fleetBrokerDevices, runMqttSimulation, formatMqttReport } = await import('../../simulators/mqtt.js');
-  const count = integer(values.devices, '--devices') ?? 10;
+  const count = integerOption(values.devices, '--devices') ?? 10;
   if (count < 1 || count > 100_000) throw new UsageError('--devices must be between 1 and 100000');
   const secret = (values.secret as string | undefined) ?? process.env.MDI_SIM_SECRET ?? 'mdi-simulator';
   const prefix = (values.prefix as string | undefined) ?? 'sim-mon';
@@ -27,13 +28,13 @@ export async function runMqttSimulate(values: Record<string, unknown>): Promise<
 
   const to = (values.to as string | undefined) ?? 'mqtt://127.0.0.1:1883';
   if (!/^(mqtts?|wss?):\/\/[^\s]+$/.test(to)) throw new UsageError(`--to must be an mqtt:// URL (mqtt://HOST:PORT), got '${to}'`);
-  const rate = number(values.rate, '--rate') ?? 1;
+  const rate = numberOption(values.rate, '--rate') ?? 1;
   if (rate < 0) throw new UsageError('--rate must be ≥ 0');
-  const faultRate = number(values['fault-rate'], '--fault-rate') ?? (values.faults !== undefined ? 0.01 : undefined);
+  const faultRate = numberOption(values['fault-rate'], '--fault-rate') ?? (values.faults !== undefined ? 0.01 : undefined);
   if (values.faults !== undefined && values.faults !== 'bad-json') throw new UsageError('--faults for mqtt: bad-json');
-  const durationS = number(values.duration, '--duration');
-  const total = integer(values.count, '--count');
-  const seed = integer(values.seed, '--seed');
+  const durationS = numberOption(values.duration, '--duration');
+  const total = integerOption(values.count, '--count');
+  const seed = integerOption(values.seed, '--seed');
 
   const controller = new AbortController();
   const onSignal = () => controller.abort();
@@ -59,17 +60,4 @@ export async function runMqttSimulate(values: Record<string, unknown>): Promise<
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
-}
-
-function number(value: unknown, flag: string): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isFinite(n)) throw new UsageError(`${flag} must be a number, got '${String(value)}'`);
-  return n;
-}
-
-function integer(value: unknown, flag: string): number | undefined {
-  const n = number(value, flag);
-  if (n !== undefined && !Number.isInteger(n)) throw new UsageError(`${flag} must be a whole number, got '${String(value)}'`);
-  return n;
 }

@@ -1,5 +1,6 @@
 import type { SerialFault, SerialSimulator, SerialSimulatorOptions } from '../../simulators/serial-common.js';
 import { UsageError } from '../cli.js';
+import { numberOption } from './args.js';
 
 /** Serial devices `mdi simulate` plays. */
 export const SERIAL_SIMULATORS = ['masimo', 'medibus', 'bbraun'] as const;
@@ -23,19 +24,19 @@ export async function runSerialSimulate(kind: SerialSimulatorKind, values: Recor
   } catch (err) {
     throw new UsageError(`--faults: ${(err as Error).message}`);
   }
-  const tcpPort = number(values['tcp-port'], '--tcp-port');
+  const tcpPort = numberOption(values['tcp-port'], '--tcp-port');
   if (tcpPort !== undefined && kind !== 'bbraun') throw new UsageError('--tcp-port is for bbraun (the ComDevice listens on TCP)');
   if (tcpPort !== undefined && values.port !== undefined) throw new UsageError('give --port or --tcp-port, not both');
-  const intervalMs = number(values['interval-ms'], '--interval-ms');
+  const intervalMs = numberOption(values['interval-ms'], '--interval-ms');
   if (intervalMs !== undefined && kind !== 'masimo') throw new UsageError('--interval-ms is for masimo');
   const common: SerialSimulatorOptions = {
     ...(values.port !== undefined ? { path: values.port as string } : {}),
     ...(tcpPort !== undefined ? { tcpPort } : {}),
     ...(faults ? { faults } : {}),
-    ...optional('faultRate', number(values['fault-rate'], '--fault-rate')),
-    ...optional('pauseMs', number(values['pause-ms'], '--pause-ms')),
-    ...optional('unplugMs', number(values['unplug-ms'], '--unplug-ms')),
-    ...optional('seed', number(values.seed, '--seed')),
+    ...optional('faultRate', numberOption(values['fault-rate'], '--fault-rate')),
+    ...optional('pauseMs', numberOption(values['pause-ms'], '--pause-ms')),
+    ...optional('unplugMs', numberOption(values['unplug-ms'], '--unplug-ms')),
+    ...optional('seed', numberOption(values.seed, '--seed')),
   };
   let sim: SerialSimulator;
   if (kind === 'masimo') {
@@ -52,7 +53,7 @@ export async function runSerialSimulate(kind: SerialSimulatorKind, values: Recor
   if (sim.tcpPort !== null) process.stdout.write(`${kind}: listening on TCP 127.0.0.1:${sim.tcpPort}\n`);
   if (values.port !== undefined) process.stdout.write(`${kind}: playing on ${values.port as string}\n`);
 
-  const durationS = number(values.duration, '--duration');
+  const durationS = numberOption(values.duration, '--duration');
   await new Promise<void>((resolve) => {
     const done = () => resolve();
     process.once('SIGINT', done);
@@ -73,11 +74,4 @@ export async function runSerialSimulate(kind: SerialSimulatorKind, values: Recor
 
 function optional<K extends string>(key: K, value: number | undefined): { [P in K]?: number } {
   return (value === undefined ? {} : { [key]: value }) as { [P in K]?: number };
-}
-
-function number(value: unknown, flag: string): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isFinite(n) || n < 0) throw new UsageError(`${flag} must be a number ≥ 0, got '${String(value)}'`);
-  return n;
 }

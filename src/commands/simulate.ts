@@ -8,6 +8,7 @@ import {
   type Pcd01Profile,
 } from '../../simulators/pcd01.js';
 import { UsageError } from '../cli.js';
+import { numberOption } from './args.js';
 
 /** `mdi simulate <kind>`: plays simulated devices against a running gateway. */
 export async function runSimulate(positionals: string[], values: Record<string, unknown>): Promise<number> {
@@ -58,22 +59,22 @@ export async function runSimulate(positionals: string[], values: Record<string, 
   const onSignal = () => controller.abort();
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  const durationS = number(values.duration, '--duration');
-  const count = number(values.count, '--count');
+  const durationS = numberOption(values.duration, '--duration');
+  const count = numberOption(values.count, '--count');
   try {
     const report = await runPcd01Simulation({
       host: match[1] === '' ? '127.0.0.1' : match[1]!.replace(/^\[|\]$/g, ''),
       port: Number(match[2]),
-      devices: number(values.devices, '--devices'),
-      rate: number(values.rate, '--rate'),
-      window: number(values.window, '--window'),
+      devices: numberOption(values.devices, '--devices'),
+      rate: numberOption(values.rate, '--rate'),
+      window: numberOption(values.window, '--window'),
       count,
       durationMs: durationS === undefined ? undefined : durationS * 1000,
       profile: profile as Pcd01Profile,
       charset: charset as Pcd01Charset,
       faults,
-      faultRate: number(values['fault-rate'], '--fault-rate'),
-      seed: number(values.seed, '--seed'),
+      faultRate: numberOption(values['fault-rate'], '--fault-rate'),
+      seed: numberOption(values.seed, '--seed'),
       signal: controller.signal,
       onProgress: (r) => process.stderr.write(`\r${r.sent} sent, ${r.aa} AA, ${r.ae} AE, ${r.ar} AR, ${r.msgsPerSecond.toFixed(0)} msgs/s   `),
     });
@@ -89,11 +90,4 @@ export async function runSimulate(positionals: string[], values: Record<string, 
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
-}
-
-function number(value: unknown, flag: string): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isFinite(n)) throw new UsageError(`${flag} must be a number, got '${String(value)}'`);
-  return n;
 }

@@ -4,8 +4,9 @@
  * running gateway, whose store keeps tokens made through its API.
  */
 import { parseArgs } from 'node:util';
+import { UsageError } from '../cli.js';
 import { hashToken, newToken, TOKEN_NAME, TOKEN_ROLES } from '../registry/tokens.js';
-import { call, CliUsageError, connection, CONNECTION_HELP, CONNECTION_OPTIONS, readStdin, runCli } from './api-client.js';
+import { call, connection, CONNECTION_HELP, CONNECTION_OPTIONS, readStdin, runCli } from './api-client.js';
 
 const HELP = `Usage: mdi token new --name NAME --role admin|viewer [--store]
        mdi token hash < token-file
@@ -44,7 +45,7 @@ export async function runTokenCli(argv: string[]): Promise<number> {
       process.stdout.write(`${HELP}\n`);
       return sub === undefined ? 2 : 0;
     }
-    if (!['new', 'hash', 'list', 'revoke'].includes(sub)) throw new CliUsageError(`unknown command '${sub}'`);
+    if (!['new', 'hash', 'list', 'revoke'].includes(sub)) throw new UsageError(`unknown command '${sub}'`);
     const { values, positionals } = parseArgs({
       args: rest,
       options: {
@@ -62,15 +63,15 @@ export async function runTokenCli(argv: string[]): Promise<number> {
       process.stdout.write(`${HELP}\n`);
       return 0;
     }
-    if (positionals.length !== (sub === 'revoke' ? 1 : 0)) throw new CliUsageError(sub === 'revoke' ? 'revoke takes one token NAME' : `'token ${sub}' takes no positional arguments`);
+    if (positionals.length !== (sub === 'revoke' ? 1 : 0)) throw new UsageError(sub === 'revoke' ? 'revoke takes one token NAME' : `'token ${sub}' takes no positional arguments`);
     const json = values.json === true;
 
     switch (sub) {
       case 'new': {
         const name = values.name;
         const role = values.role;
-        if (name === undefined || !TOKEN_NAME.test(name)) throw new CliUsageError('--name must be 1–64 letters, digits and . _ @ -');
-        if (role === undefined || !(TOKEN_ROLES as readonly string[]).includes(role)) throw new CliUsageError('--role must be admin or viewer');
+        if (name === undefined || !TOKEN_NAME.test(name)) throw new UsageError('--name must be 1–64 letters, digits and . _ @ -');
+        if (role === undefined || !(TOKEN_ROLES as readonly string[]).includes(role)) throw new UsageError('--role must be admin or viewer');
         if (values.store === true) {
           const made = await call<{ name: string; role: string; token: string }>(connection(values), 'POST', '/api/tokens', { name, role });
           process.stdout.write(
@@ -89,7 +90,7 @@ export async function runTokenCli(argv: string[]): Promise<number> {
       }
       case 'hash': {
         const token = (await readStdin()).trim();
-        if (token === '') throw new CliUsageError('no token on stdin');
+        if (token === '') throw new UsageError('no token on stdin');
         process.stdout.write(`${hashToken(token)}\n`);
         return 0;
       }
