@@ -23,7 +23,7 @@ USER node
 ENV MDI_DATA_DIR=/data
 VOLUME ["/data"]
 # MLLP (PCD-01), HTTP API, embedded MQTT broker, embedded EPJ stand-in.
-EXPOSE 2575 8080 1883 8090
+EXPOSE 2575 2576 8080 1883 8090
 HEALTHCHECK --interval=30s --timeout=3s CMD node -e "fetch('http://127.0.0.1:8080/health').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
 ENTRYPOINT ["node", "dist/src/main.js"]
 CMD ["start"]
