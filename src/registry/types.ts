@@ -127,6 +127,7 @@ export interface Attribution {
 export interface AttributionChange {
   readonly device: string;
   readonly from: number;
+  /** Exclusive; an open-ended change is announced up to now + 1 day (no reading is stamped later). */
   readonly to: number;
   /** Why, without personal data: `ADT A11`, `binding corrected by token:anna`. */
   readonly reason: string;
