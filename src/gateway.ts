@@ -13,6 +13,7 @@ import { Normalizer } from './pipeline/normalize.js';
 import { Reattributor } from './pipeline/reattribute.js';
 import { DeviceDrivers, syncConfigDevices } from './registry/device-drivers.js';
 import { openRegistry, type Registry } from './registry/index.js';
+import { UnregisteredDevices } from './registry/unregistered.js';
 import { createFhirForwarder, type FhirCharting } from './sinks/fhir/index.js';
 import type { InfluxFeeder } from './sinks/influx/index.js';
 import { MqttRepublisher } from './sinks/mqtt-republish.js';
@@ -86,17 +87,10 @@ export class Gateway {
       { devices, bindings, clockOffsetMs: (id) => health.clockOffsetMs(devices.get(id)?.id ?? id) },
       { unregistered: config.registry.unregistered, clockDriftLimitMs: config.registry.clockDriftLimitSeconds * 1000 },
     );
+    const unregistered = new UnregisteredDevices(devices, log);
     const ingest = new Ingest(new Normalizer(mappings), store, {
       attributor,
-      noteUnregistered: (id, source, at) => {
-        try {
-          const isNew = devices.get(id) === null;
-          devices.noteUnregistered(id, source, at);
-          if (isNew) log.warn({ device: id, source }, 'a device that is not registered sends data: stored, not charted, until it is approved');
-        } catch (err) {
-          log.error({ err, device: id }, 'could not record an unregistered device');
-        }
-      },
+      noteUnregistered: (id, source, at) => unregistered.note(id, source, at),
       // Health is kept per registry device (a monitor sending as its EUI-64 is its record).
       noteBatch: (id, stats) => health.noteBatch(devices.get(id)?.id ?? id, stats),
     });
