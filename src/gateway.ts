@@ -36,14 +36,18 @@ const DAY_MS = 24 * HOUR_MS;
 
 /**
  * The composition root: the only place that knows every part. Start order:
- * mappings → store → pipeline → InfluxDB feeder (only with `store.influx`) → EPJ stand-in (only
- * without `fhir.baseUrl`) → charting (outbox and forwarder) → HTTP API → drivers, then ready.
- * Stop in reverse: drivers stop accepting and finish (every in-flight message committed and
- * answered), the API closes, charting stops (requests in flight are aborted; their entries stay
- * in the outbox), the InfluxDB feeder stops (its cursor stays where InfluxDB acknowledged), the store flushes and
- * closes, the stand-in closes. Each stop step runs under a timeout so one stuck
- * part cannot keep the process alive forever. Drivers start in order (the MLLP listener, each
- * serial device, the embedded MQTT broker, each MQTT subscription) and stop in reverse.
+ * mappings → store → registry (devices, bindings, tokens, health; config devices put into it)
+ * → pipeline (normalize + attribute → commit) and re-attribution → InfluxDB feeder (only with
+ * `store.influx`) → EPJ stand-in (only without `fhir.baseUrl`) → charting (outbox and
+ * forwarder) → HTTP API → drivers → device health checks, then ready.
+ * Stop in reverse: health checks stop (a check while drivers close would report every
+ * connection lost), drivers stop accepting and finish (every in-flight message committed and
+ * answered), re-attribution finishes its slice, the API closes, charting stops (requests in
+ * flight are aborted; their entries stay in the outbox), the InfluxDB feeder stops (its cursor
+ * stays where InfluxDB acknowledged), the store flushes and closes, the stand-in closes. Each
+ * stop step runs under a timeout so one stuck part cannot keep the process alive forever.
+ * Drivers start in order (the MLLP listener, the ADT listener, each registered serial device,
+ * the embedded MQTT broker, each MQTT subscription) and stop in reverse.
  */
 export class Gateway {
   private store: SqliteStore | null = null;
@@ -78,28 +82,28 @@ export class Gateway {
       groupCommitMaxRows: config.store.sqlite.groupCommitMaxRows,
     });
     this.store = store;
-    // The registry lives in the store's file: a binding and the readings it decides commit there.
-    const registry = openRegistry(store.database(), config, log, () => [...this.drivers, ...(this.deviceDrivers?.drivers() ?? [])]);
-    this.registry = registry;
-    const { devices, bindings, health } = registry;
-    syncConfigDevices(config, devices, log);
-    const attributor = new Attributor(
-      { devices, bindings, clockOffsetMs: (id) => health.clockOffsetMs(devices.get(id)?.id ?? id) },
-      { unregistered: config.registry.unregistered, clockDriftLimitMs: config.registry.clockDriftLimitSeconds * 1000 },
-    );
-    const unregistered = new UnregisteredDevices(devices, log);
-    const ingest = new Ingest(new Normalizer(mappings), store, {
-      attributor,
-      noteUnregistered: (id, source, at) => unregistered.note(id, source, at),
-      // Health is kept per registry device (a monitor sending as its EUI-64 is its record).
-      noteBatch: (id, stats) => health.noteBatch(devices.get(id)?.id ?? id, stats),
-    });
-    this.ingest = ingest;
-    // A binding changed for past time: stored readings follow it, and charting corrects the EPJ.
-    this.reattributor = new Reattributor({ store, devices, bindings, charting: () => this.charting, log: log.child({ component: 'reattribute' }) });
-    bindings.onAttributionChange((change) => this.reattributor?.enqueue(change));
-
     try {
+      // The registry lives in the store's file: a binding and the readings it decides commit there.
+      const registry = openRegistry(store.database(), config, log, () => [...this.drivers, ...(this.deviceDrivers?.drivers() ?? [])]);
+      this.registry = registry;
+      const { devices, bindings, health } = registry;
+      syncConfigDevices(config, devices, log);
+      const attributor = new Attributor(
+        { devices, bindings, clockOffsetMs: (id) => health.clockOffsetMs(devices.get(id)?.id ?? id) },
+        { unregistered: config.registry.unregistered, clockDriftLimitMs: config.registry.clockDriftLimitSeconds * 1000 },
+      );
+      const unregistered = new UnregisteredDevices(devices, log);
+      const ingest = new Ingest(new Normalizer(mappings), store, {
+        attributor,
+        noteUnregistered: (id, source, at) => unregistered.note(id, source, at),
+        // Health is kept per registry device (a monitor sending as its EUI-64 is its record).
+        noteBatch: (id, stats) => health.noteBatch(devices.get(id)?.id ?? id, stats),
+      });
+      this.ingest = ingest;
+      // A binding changed for past time: stored readings follow it, and charting corrects the EPJ.
+      this.reattributor = new Reattributor({ store, devices, bindings, charting: () => this.charting, log: log.child({ component: 'reattribute' }) });
+      bindings.onAttributionChange((change) => this.reattributor?.enqueue(change));
+
       // InfluxDB: a sink that tails the store; InfluxDB down delays it, never the ingest.
       if (config.store.influx !== undefined) {
         // Loaded only when configured: most sites run on the SQLite store alone.
