@@ -64,7 +64,8 @@ export function syncConfigDevices(config: Readonly<Config>, devices: DeviceRegis
 
 /** Runs the serial driver of every active serial device and keeps the broker's credentials current. */
 export class DeviceDrivers {
-  private readonly running = new Map<string, Driver>();
+  /** Running serial drivers by device id, with the settings they were started with. */
+  private readonly running = new Map<string, { readonly driver: Driver; readonly settings: string }>();
   /** Driver starts and stops happen one at a time, in the order the registry changed. */
   private queue: Promise<void> = Promise.resolve();
   private broker: CredentialSink | null = null;
@@ -106,7 +107,7 @@ export class DeviceDrivers {
   }
 
   drivers(): Driver[] {
-    return [...this.running.values()];
+    return [...this.running.values()].map((r) => r.driver);
   }
 
   /** Stops every serial driver (in-flight readings are committed first). */
@@ -115,7 +116,7 @@ export class DeviceDrivers {
     await this.queue;
     const all = [...this.running.values()];
     this.running.clear();
-    await Promise.all(all.map((d) => d.stop()));
+    await Promise.all(all.map((r) => r.driver.stop()));
   }
 
   /** Waits for the starts and stops asked for so far (tests). */
@@ -133,13 +134,16 @@ export class DeviceDrivers {
 
   /** Brings the device's serial driver in line with its record: stop the old one, start a new one if active. */
   private async reconcile(device: DeviceRecord): Promise<void> {
+    const t = device.transport;
+    const wanted = !this.stopped && device.status === DeviceStatus.ACTIVE && t?.type === 'serial' ? JSON.stringify(t.settings) : null;
     const old = this.running.get(device.id);
+    // A change that leaves the line settings alone (vendor, location, …) keeps the link open.
+    if (old !== undefined && old.settings === wanted) return;
     if (old !== undefined) {
       this.running.delete(device.id);
-      await old.stop();
+      await old.driver.stop();
     }
-    const t = device.transport;
-    if (this.stopped || device.status !== DeviceStatus.ACTIVE || t?.type !== 'serial') return;
+    if (wanted === null || t?.type !== 'serial') return;
     const parsed = SerialDeviceConfig.safeParse({ ...t.settings, deviceId: device.id });
     if (!parsed.success) {
       // The registry validated the settings when they were saved; a schema change since can still refuse them.
@@ -147,7 +151,7 @@ export class DeviceDrivers {
       return;
     }
     const driver = driverFactories.serial.create(parsed.data, this.contextFor(device));
-    this.running.set(device.id, driver);
+    this.running.set(device.id, { driver, settings: wanted });
     await driver.start();
   }
 }

@@ -158,9 +158,14 @@ describe('the device registry in the gateway', () => {
         transport: { type: 'serial', settings: { protocol: 'masimo', port: pty.devicePath, reconnect: { initialDelayMs: 50, maxDelayMs: 200 } } },
       });
       expect(added.status).toBe(201);
-      const drivers = async () => (await api<{ drivers: { name: string; state: string }[] }>('GET', '/api/status')).body.drivers;
+      const drivers = async () => (await api<{ drivers: { name: string; state: string; since: number }[] }>('GET', '/api/status')).body.drivers;
       await waitFor(async () => (await api<{ items: unknown[] }>('GET', '/api/observations?device=spo2-icu-4')).body.items.length > 0, 10_000, 'readings of the registered device');
-      expect((await drivers()).find((d) => d.name === 'serial:spo2-icu-4')).toMatchObject({ state: 'up' });
+      const running = (await drivers()).find((d) => d.name === 'serial:spo2-icu-4')!;
+      expect(running).toMatchObject({ state: 'up' });
+      // A change that leaves the line settings alone keeps the same driver (and link) running.
+      expect((await api('PATCH', '/api/devices/spo2-icu-4', { model: 'Radical-7' })).status).toBe(200);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect((await drivers()).find((d) => d.name === 'serial:spo2-icu-4')).toMatchObject({ state: 'up', since: running.since });
 
       expect((await api('POST', '/api/devices/spo2-icu-4/retire', { reason: 'sent for repair' })).status).toBe(200);
       await waitFor(async () => (await drivers()).every((d) => d.name !== 'serial:spo2-icu-4'), 5_000, 'its driver to stop');
