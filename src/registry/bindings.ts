@@ -50,7 +50,10 @@ CREATE TABLE IF NOT EXISTS bed_occupancies (
   actor TEXT NOT NULL,
   created INTEGER NOT NULL,
   visit TEXT,
-  cancelled INTEGER
+  cancelled INTEGER,
+  -- The stay whose ADT admit or transfer ended this one (the bed changed hands): a cancel of
+  -- that admit or transfer gives this stay back.
+  ended_by INTEGER
 );
 CREATE INDEX IF NOT EXISTS bed_occupancies_bed ON bed_occupancies (bed, from_ms);
 -- ADT messages applied (a hash of MSH-3, MSH-10 and the event): a resent message, however
@@ -87,6 +90,7 @@ interface OccupancyRow {
   created: number;
   visit: string | null;
   cancelled: number | null;
+  ended_by: number | null;
 }
 
 /** The devices registry as far as bindings need it (a lazy wrapper breaks the construction cycle). */
@@ -170,6 +174,8 @@ export class Bindings implements BindingsApi {
   private readonly byPatient = new Map<string, Occupancy[]>();
   /** Tombstones per patient (cancelled or replaced stays). */
   private readonly tombstones = new Map<string, Occupancy[]>();
+  /** Stay id → the id of the stay that took its bed from it (ADT admit or transfer into an occupied bed). */
+  private readonly endedBy = new Map<number, number>();
   /** Last answer per reading device id: reused while the time stays in its window. */
   private readonly cache = new Map<string, Attribution>();
   private readonly listeners: ((change: AttributionChange) => void)[] = [];
@@ -187,6 +193,9 @@ export class Bindings implements BindingsApi {
   ) {
     this.clock = options.clock ?? Date.now;
     db.exec(SCHEMA);
+    // A store made before `ended_by` existed gets the column (no displaced stays recorded in it).
+    const columns = db.prepare("SELECT name FROM pragma_table_info('bed_occupancies')").pluck().all() as string[];
+    if (!columns.includes('ended_by')) db.exec('ALTER TABLE bed_occupancies ADD COLUMN ended_by INTEGER');
     this.sql = {
       allBindings: db.prepare('SELECT * FROM device_bindings ORDER BY from_ms, id'),
       allOccupancies: db.prepare('SELECT * FROM bed_occupancies ORDER BY from_ms, id'),
@@ -200,6 +209,7 @@ export class Bindings implements BindingsApi {
       ),
       updateOccupancy: db.prepare('UPDATE bed_occupancies SET from_ms = ?, to_ms = ? WHERE id = ?'),
       cancelOccupancy: db.prepare('UPDATE bed_occupancies SET cancelled = ? WHERE id = ?'),
+      setEndedBy: db.prepare('UPDATE bed_occupancies SET ended_by = ? WHERE id = ?'),
       adtApplied: db.prepare('SELECT 1 FROM adt_applied WHERE event = ?').pluck(),
       insertAdtApplied: db.prepare('INSERT OR IGNORE INTO adt_applied (event, at) VALUES (?, ?)'),
     };
@@ -498,7 +508,16 @@ export class Bindings implements BindingsApi {
     let to: number | null;
     if (covering !== undefined) {
       if (covering.bed === bed) return { changed: false, note: `${event.type}: the patient is already in ${bed}` };
-      to = covering.to;
+      if (this.endedBy.has(covering.id)) {
+        // That stay ended because another patient was put in its bed, not by this patient's own
+        // ADT: the move (a late transfer) holds until the patient's next stay, not until then.
+        this.endedBy.delete(covering.id);
+        this.sql.setEndedBy.run(null, covering.id);
+        const next = stays.find((s) => s.from > t && s.id !== covering.id);
+        to = next === undefined ? null : next.from;
+      } else {
+        to = covering.to;
+      }
       if (covering.from === t) this.cancelOccupancy(covering, action, actor);
       else this.updateOccupancy(covering, covering.from, t, action, actor);
     } else {
@@ -508,14 +527,19 @@ export class Bindings implements BindingsApi {
     // ADT is the source of truth: whoever lay in the bed at t left it then.
     const occupant = (this.byBed.get(bed) ?? []).find((o) => o.from <= t && t < end(o.to));
     let note = `${event.type}: in ${bed}`;
+    let displaced: Occupancy | null = null;
     if (occupant !== undefined) {
       if (occupant.from === t) this.cancelOccupancy(occupant, action, actor);
-      else this.updateOccupancy(occupant, occupant.from, t, action, actor);
+      else displaced = this.updateOccupancy(occupant, occupant.from, t, action, actor);
       note += '; the previous occupant\'s stay ended';
     }
     const nextInBed = (this.byBed.get(bed) ?? []).find((o) => o.from > t);
     if (nextInBed !== undefined && nextInBed.from < end(to)) to = nextInBed.from;
-    this.insertOccupancy({ bed, patient: event.patient, from: t, to, source: 'adt', actor, created: this.now, visit: event.visit }, action);
+    const stay = this.insertOccupancy({ bed, patient: event.patient, from: t, to, source: 'adt', actor, created: this.now, visit: event.visit }, action);
+    if (displaced !== null) {
+      this.sql.setEndedBy.run(stay.id, displaced.id);
+      this.endedBy.set(displaced.id, stay.id);
+    }
     return { changed: true, note };
   }
 
@@ -543,7 +567,8 @@ export class Bindings implements BindingsApi {
     if (cancelled.some((c) => latest === null || c.from > latest.from)) return { changed: false, note: 'A11: already applied' };
     if (latest === null) throw notApplicable('A11: no stay of the patient in that bed to cancel');
     this.cancelOccupancy(latest, 'occupancy.adt.A11', actor);
-    return { changed: true, note: `A11: stay in ${latest.bed} cancelled` };
+    const restored = this.restoreDisplaced(latest, 'occupancy.adt.A11', actor);
+    return { changed: true, note: `A11: stay in ${latest.bed} cancelled${restored ? '; the stay it ended is back' : ''}` };
   }
 
   private cancelTransfer(event: AdtEvent, actor: string): { changed: boolean; note: string } {
@@ -561,12 +586,39 @@ export class Bindings implements BindingsApi {
     const prior = previous.find((s) => s.bed === event.priorBed) ?? previous.find((s) => named(s.bed)) ?? previous[0];
     if (prior === undefined) throw notApplicable('A12: no stay before the transfer to return to');
     this.cancelOccupancy(latest, 'occupancy.adt.A12', actor);
+    this.restoreDisplaced(latest, 'occupancy.adt.A12', actor);
     // Back in the prior bed until the cancelled stay would have ended, unless the bed is taken.
     let to = latest.to;
     const nextInBed = (this.byBed.get(prior.bed) ?? []).find((o) => o.from > prior.from);
     if (nextInBed !== undefined && nextInBed.from < end(to)) to = nextInBed.from;
     if (to !== prior.to) this.updateOccupancy(prior, prior.from, to, 'occupancy.adt.A12', actor);
     return { changed: true, note: `A12: stay in ${latest.bed} cancelled; back in ${prior.bed}` };
+  }
+
+  /**
+   * A cancelled admit or transfer had taken its bed from another patient (ADT ended that stay
+   * when it came in): that stay runs on again, up to where the cancelled one would have ended,
+   * the bed's next stay, or the patient's own next stay. Only while it still ends exactly where
+   * the cancelled stay began: a stay ended or moved since by ADT of its own is left alone.
+   * @returns whether a stay was given back.
+   */
+  private restoreDisplaced(cancelled: Occupancy, action: string, actor: string): boolean {
+    let restored = false;
+    for (const [id, by] of [...this.endedBy]) {
+      if (by !== cancelled.id) continue;
+      this.endedBy.delete(id);
+      this.sql.setEndedBy.run(null, id);
+      const stay = (this.byBed.get(cancelled.bed) ?? []).find((o) => o.id === id);
+      if (stay === undefined || stay.to !== cancelled.from) continue;
+      let to = cancelled.to;
+      const nextInBed = (this.byBed.get(stay.bed) ?? []).find((o) => o.from > stay.from && o.id !== stay.id);
+      if (nextInBed !== undefined && nextInBed.from < end(to)) to = nextInBed.from;
+      const ownNext = (this.byPatient.get(patientKey(stay.patient)) ?? []).find((o) => o.from > stay.from && o.id !== stay.id);
+      if (ownNext !== undefined && ownNext.from < end(to)) to = ownNext.from;
+      this.updateOccupancy(stay, stay.from, to, action, actor);
+      restored = true;
+    }
+    return restored;
   }
 
   private cancelDischarge(event: AdtEvent, actor: string): { changed: boolean; note: string } {
@@ -758,6 +810,7 @@ export class Bindings implements BindingsApi {
     this.byBed.clear();
     this.byPatient.clear();
     this.tombstones.clear();
+    this.endedBy.clear();
     this.cache.clear();
     for (const r of this.sql.allBindings.all() as BindingRow[]) {
       const b: Binding = {
@@ -789,6 +842,7 @@ export class Bindings implements BindingsApi {
       };
       if (r.cancelled === null) this.indexOccupancy(o);
       else this.addTombstone(o);
+      if (r.ended_by !== null) this.endedBy.set(r.id, r.ended_by);
     }
   }
 

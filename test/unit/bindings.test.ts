@@ -172,6 +172,47 @@ describe('ADT sequences: readings before, at and after each boundary', () => {
     expect(who('mon-1', T0 + H)).toBeNull();
   });
 
+  it('A11 of an admit into an occupied bed gives the bed back to the patient it displaced', () => {
+    bindings.applyAdt(adt('A01', P1, T0 + H, 'ICU/1/1'));
+    // P2 is admitted into P1's bed by mistake: ADT ends P1's stay there …
+    bindings.applyAdt(adt('A01', P2, T0 + 3 * H, 'ICU/1/1'));
+    expect(who('mon-1', T0 + 4 * H)).toBe(P2.value);
+    changes = [];
+    // … and the cancel gives it back, from the mistaken admit on.
+    expect(bindings.applyAdt(adt('A11', P2, T0 + 5 * H, 'ICU/1/1')).note).toContain('the stay it ended is back');
+    expect(who('mon-1', T0 + 3 * H - 1)).toBe(P1.value);
+    expect(who('mon-1', T0 + 3 * H)).toBe(P1.value);
+    expect(who('mon-1', T0 + 50 * H)).toBe(P1.value);
+    // The readings of the mistaken interval are re-attributed.
+    expect(changes).toContainEqual(expect.objectContaining({ device: 'mon-1', from: T0 + 3 * H }));
+    // Survives a reload from the database.
+    bindings = open();
+    expect(who('mon-1', T0 + 4 * H)).toBe(P1.value);
+  });
+
+  it('a displaced stay ended since by its own ADT is not given back', () => {
+    bindings.applyAdt(adt('A01', P1, T0 + H, 'ICU/1/1'));
+    bindings.applyAdt(adt('A01', P2, T0 + 3 * H, 'ICU/1/1'));
+    // P1 was really moved to another bed earlier (the message comes late): the displaced stay
+    // now ends there, and the stay in the new bed is not cut where the old bed changed hands.
+    bindings.applyAdt(adt('A02', P1, T0 + 2 * H, 'ICU/1/2', 'ICU/1/1'));
+    expect(who('mon-2', T0 + 4 * H)).toBe(P1.value);
+    bindings.applyAdt(adt('A11', P2, T0 + 5 * H, 'ICU/1/1'));
+    expect(who('mon-1', T0 + 4 * H)).toBeNull();
+    expect(who('mon-2', T0 + 4 * H)).toBe(P1.value);
+  });
+
+  it('A12 of a transfer into an occupied bed gives that bed back to its occupant', () => {
+    bindings.applyAdt(adt('A01', P1, T0 + H, 'ICU/1/1'));
+    bindings.applyAdt(adt('A01', P2, T0 + H, 'ICU/1/2'));
+    bindings.applyAdt(adt('A02', P1, T0 + 3 * H, 'ICU/1/2', 'ICU/1/1'));
+    expect(who('mon-2', T0 + 4 * H)).toBe(P1.value);
+    bindings.applyAdt(adt('A12', P1, T0 + 5 * H, 'ICU/1/2', 'ICU/1/1'));
+    expect(who('mon-1', T0 + 4 * H)).toBe(P1.value);
+    expect(who('mon-2', T0 + 4 * H)).toBe(P2.value);
+    expect(who('mon-2', T0 + 50 * H)).toBe(P2.value);
+  });
+
   it('A12 deletes the transfer stay and reopens the previous one', () => {
     bindings.applyAdt(adt('A01', P1, T0 + H, 'ICU/1/1'));
     bindings.applyAdt(adt('A02', P1, T0 + 3 * H, 'ICU/1/2', 'ICU/1/1'));
