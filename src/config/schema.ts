@@ -249,7 +249,7 @@ export const MqttConfig = z.strictObject({
       retain: z.boolean().default(true),
       /** Time between store reads (ms): the delay a dashboard sees at most, beyond the commit. */
       intervalMs: z.number().int().min(50).max(60_000).default(500),
-      /** Device id → bed id, until the device registry binds devices to beds. */
+      /** Device id → bed id, overriding the bed the registry bound the device to (rarely needed). */
       beds: z.record(mqttDeviceId, z.string().min(1).max(128)).default({}),
       auth: z
         .strictObject({ username: z.string().min(1).max(256), password: z.string().max(1024).optional(), passwordFile: z.string().min(1).optional() })

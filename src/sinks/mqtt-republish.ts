@@ -13,9 +13,9 @@
  * topic is published (retained "latest value" semantics; a backlog is not replayed reading by
  * reading). The cursor moves only after the broker acknowledged the batch (QoS 1), so a broker
  * outage delays values and loses none of the latest ones. Bed: `beds[deviceId]` from the
- * config until the device registry binds devices to beds, else the location the message
- * carried (PCD-01 PV1-3, `ward/room/bed` → `ward.room.bed`); without one the reading is skipped
- * (counted `noBed`).
+ * config when listed, else the reading's location: the bed its device was bound to at the
+ * reading's time (registry), or the one its message carried (PCD-01 PV1-3); `ward/room/bed` →
+ * `ward.room.bed`. Without one the reading is skipped (counted `noBed`).
  */
 import { readFileSync } from 'node:fs';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
@@ -50,7 +50,7 @@ export interface RepublishOptions {
   readonly intervalMs?: number;
   /** Rows read per tick: bounds the memory and the publish burst of one tick. */
   readonly batchRows?: number;
-  /** Device id → bed id, until the registry binds devices to beds. */
+  /** Device id → bed id, overriding the bed the registry bound the device to. */
   readonly beds?: Readonly<Record<string, string>>;
   readonly auth?: { readonly username: string; readonly password?: string };
   readonly tls?: { readonly ca?: string; readonly cert?: string; readonly key?: string; readonly rejectUnauthorized?: boolean };
