@@ -33,7 +33,7 @@ import { buildDevice, buildObservation, deviceIdentifier, type ObservationBuildO
 import type { ClaimedEntry, EntryResult, Outbox } from './outbox.js';
 import { backoffDelay, bundleVerdict, entryVerdict, parseRetryAfter, Verdict, type BackoffSettings } from './retry.js';
 
-const FHIR_JSON = 'application/fhir+json';
+export const FHIR_JSON = 'application/fhir+json';
 
 /** How `Observation.subject` is made (config `fhir.subject`). */
 export type SubjectMode = 'conditional' | 'resolved' | 'create';
@@ -486,44 +486,53 @@ export class FhirForwarder {
     throw new Halt({ code: FhirErrorCode.BAD_RESPONSE, message: `${what}: ${summary}`, status, retryAfterMs: null, reached: true });
   }
 
-  /** One request to the EPJ with auth; a 401 refreshes the token and tries once more. */
-  private async call(method: 'POST', path: string, body: string, contentType: string, signal: AbortSignal | undefined): Promise<HttpResponse> {
-    for (let attempt = 1; ; attempt++) {
-      let authorization: string | null;
-      try {
-        authorization = await this.o.auth.authorization(signal);
-      } catch (err) {
-        throw this.toHalt(err, 'token request');
-      }
-      let res: HttpResponse;
-      try {
-        res = await this.o.http.request({
-          method,
-          url: `${this.o.baseUrl}${path}`,
-          headers: {
-            'content-type': contentType,
-            accept: FHIR_JSON,
-            // Per-entry answers carry status and location; the echoed resources would only cost bandwidth.
-            prefer: 'return=minimal',
-            ...(authorization !== null ? { authorization } : {}),
-          },
-          body,
-          ...(signal ? { signal } : {}),
-        });
-      } catch (err) {
-        throw this.toHalt(err, 'EPJ request');
-      }
-      if (res.status === 401 && attempt === 1) {
-        // note §4.4: token missing/expired → refresh once, then retry.
-        this.o.auth.invalidate();
-        continue;
-      }
-      return res;
-    }
+  /** One POST to the EPJ (Bundles, Patient searches). */
+  private call(method: 'POST', path: string, body: string, contentType: string, signal: AbortSignal | undefined): Promise<HttpResponse> {
+    // Per-entry answers carry status and location; the echoed resources would only cost bandwidth.
+    return epjRequest(this.o, { method, path, body, headers: { 'content-type': contentType, prefer: 'return=minimal' } }, signal);
   }
+}
 
-  private toHalt(err: unknown, what: string): Halt {
-    return haltOf(err, what);
+/** What a request to the EPJ needs: where it is, the HTTP client, the credentials. */
+export interface EpjEndpoint {
+  readonly baseUrl: string;
+  readonly http: HttpClient;
+  readonly auth: AuthProvider;
+}
+
+/**
+ * One request to the EPJ with auth; a 401 refreshes the token and tries once more (note §4.4).
+ * A failure to get a token or to reach the EPJ is thrown as a `Halt` (the whole delivery waits).
+ */
+export async function epjRequest(
+  epj: EpjEndpoint,
+  request: { readonly method: 'GET' | 'POST' | 'PUT'; readonly path: string; readonly body?: string; readonly headers: Record<string, string> },
+  signal: AbortSignal | undefined,
+): Promise<HttpResponse> {
+  for (let attempt = 1; ; attempt++) {
+    let authorization: string | null;
+    try {
+      authorization = await epj.auth.authorization(signal);
+    } catch (err) {
+      throw haltOf(err, 'token request');
+    }
+    let res: HttpResponse;
+    try {
+      res = await epj.http.request({
+        method: request.method,
+        url: `${epj.baseUrl}${request.path}`,
+        headers: { accept: FHIR_JSON, ...request.headers, ...(authorization !== null ? { authorization } : {}) },
+        ...(request.body !== undefined ? { body: request.body } : {}),
+        ...(signal ? { signal } : {}),
+      });
+    } catch (err) {
+      throw haltOf(err, 'EPJ request');
+    }
+    if (res.status === 401 && attempt === 1) {
+      epj.auth.invalidate();
+      continue;
+    }
+    return res;
   }
 }
 

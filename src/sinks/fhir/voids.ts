@@ -19,12 +19,11 @@ import type { Logger } from '../../log.js';
 import type { AuthProvider } from './auth.js';
 import type { VoidEntry } from './corrections.js';
 import { FhirErrorCode } from './errors.js';
-import { haltOf, Halt, issueCodes, outcomeOf, parseJson, summarize, typeAndId, type DeliveryReport } from './forwarder.js';
+import { epjRequest, FHIR_JSON, Halt, issueCodes, outcomeOf, parseJson, summarize, typeAndId, type DeliveryReport } from './forwarder.js';
 import type { HttpClient, HttpResponse } from './http.js';
 import type { EntryResult } from './outbox.js';
 import { backoffDelay, bundleVerdict, parseRetryAfter, Verdict, type BackoffSettings } from './retry.js';
 
-const FHIR_JSON = 'application/fhir+json';
 /** Read-and-PUT rounds per Observation when the EPJ keeps answering 412/409 (someone edits it). */
 const MAX_CONFLICTS = 3;
 /** Matches read per identifier search: more than a few means something else is wrong. */
@@ -180,44 +179,16 @@ export class VoidSender {
     throw new Halt({ code: FhirErrorCode.BAD_RESPONSE, message: summary, status: res.status, retryAfterMs: null, reached: true });
   }
 
-  /** One request with auth; a 401 refreshes the token and tries once more. */
-  private async call(
+  /** One request with auth (a body is FHIR JSON, answered minimally). */
+  private call(
     method: 'GET' | 'PUT',
     path: string,
     body: string | undefined,
     headers: Record<string, string>,
     signal: AbortSignal | undefined,
   ): Promise<HttpResponse> {
-    for (let attempt = 1; ; attempt++) {
-      let authorization: string | null;
-      try {
-        authorization = await this.o.auth.authorization(signal);
-      } catch (err) {
-        throw haltOf(err, 'token request');
-      }
-      let res: HttpResponse;
-      try {
-        res = await this.o.http.request({
-          method,
-          url: `${this.o.baseUrl}${path}`,
-          headers: {
-            accept: FHIR_JSON,
-            ...(body !== undefined ? { 'content-type': FHIR_JSON, prefer: 'return=minimal' } : {}),
-            ...headers,
-            ...(authorization !== null ? { authorization } : {}),
-          },
-          ...(body !== undefined ? { body } : {}),
-          ...(signal ? { signal } : {}),
-        });
-      } catch (err) {
-        throw haltOf(err, 'EPJ request');
-      }
-      if (res.status === 401 && attempt === 1) {
-        this.o.auth.invalidate();
-        continue;
-      }
-      return res;
-    }
+    const bodyHeaders: Record<string, string> = body !== undefined ? { 'content-type': FHIR_JSON, prefer: 'return=minimal' } : {};
+    return epjRequest(this.o, { method, path, ...(body !== undefined ? { body } : {}), headers: { ...bodyHeaders, ...headers } }, signal);
   }
 }
 
