@@ -73,3 +73,11 @@ export function createLogger(options: LogOptions = {}): Logger {
 export function silentLogger(): Logger {
   return pino({ level: 'silent' });
 }
+
+/**
+ * An interval end for a log line: ISO 8601, or `open` for the ends that stand for ±infinity
+ * (beyond the range of a Date: open-ended binding changes are kept as the largest safe integers).
+ */
+export function logTime(ms: number): string {
+  return Math.abs(ms) > 8.64e15 ? 'open' : new Date(ms).toISOString();
+}

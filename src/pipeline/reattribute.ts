@@ -1,5 +1,5 @@
 import type Database from 'better-sqlite3';
-import type { Logger } from '../log.js';
+import { logTime, type Logger } from '../log.js';
 import type { PatientId } from '../model/measurement.js';
 import type { Attribution, AttributionChange, DeviceRecord } from '../registry/types.js';
 
@@ -156,15 +156,10 @@ export class Reattributor {
       this.s.remove.run(job.id);
       this.done++;
       this.deps.log.info(
-        { device: job.device, from: isoOrOpen(job.from_time), to: isoOrOpen(job.to_time), reason: job.reason, changedDevices: changed.size },
+        { device: job.device, from: logTime(job.from_time), to: logTime(job.to_time), reason: job.reason, changedDevices: changed.size },
         'readings re-attributed',
       );
     })();
     return true;
   }
-}
-
-/** An interval end for the log: ISO 8601, or `open` for the ends that stand for ±infinity. */
-function isoOrOpen(ms: number): string {
-  return Math.abs(ms) > 8.64e15 ? 'open' : new Date(ms).toISOString();
 }

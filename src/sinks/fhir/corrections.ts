@@ -164,11 +164,6 @@ function withPatients(readings: readonly ChartReading[], current: ReadonlyMap<nu
   });
 }
 
-/** An interval end for logs: ISO 8601, or `open` for the ends that stand for ±infinity. */
-export function timeOrOpen(ms: number): string {
-  return Math.abs(ms) > 8.64e15 ? 'open' : new Date(ms).toISOString();
-}
-
 /** Correction jobs and voids in the outbox DB. Synchronous SQLite work, one thread. */
 export class Corrections {
   private readonly db: Database.Database;

@@ -16,12 +16,12 @@
  * concerns the EPJ as a whole (down, 5xx, 429, auth) pauses all sending with exponential
  * backoff (or the EPJ's `Retry-After`) and drops to one Bundle in flight until one succeeds.
  */
-import type { Logger } from '../../log.js';
+import { logTime, type Logger } from '../../log.js';
 import type { AttributionChange } from '../../registry/types.js';
 import { ChartingPolicy } from './charting.js';
 import type { FhirSettings } from './config.js';
 import { createAuthProvider } from './auth.js';
-import { Corrections, timeOrOpen, type CorrectionCounts, type CorrectionReport, type VoidEntry } from './corrections.js';
+import { Corrections, type CorrectionCounts, type CorrectionReport, type VoidEntry } from './corrections.js';
 import { FhirErrorCode } from './errors.js';
 import { FhirForwarder, type DeliveryFailure, type SubjectMode } from './forwarder.js';
 import { HttpClient } from './http.js';
@@ -308,7 +308,7 @@ class Charting implements FhirCharting {
   reattributed(change: AttributionChange): void {
     const job = this.corrections.record(change, this.clock());
     if (job === null) return;
-    this.log.info({ job, device: change.device, from: timeOrOpen(change.from), to: timeOrOpen(change.to) }, 'binding correction recorded for the chart');
+    this.log.info({ job, device: change.device, from: logTime(change.from), to: logTime(change.to) }, 'binding correction recorded for the chart');
     this.poke();
   }
 
@@ -434,8 +434,8 @@ class Charting implements FhirCharting {
       {
         job: r.job,
         device: r.device,
-        from: timeOrOpen(r.from),
-        to: timeOrOpen(r.to),
+        from: logTime(r.from),
+        to: logTime(r.to),
         reason: r.reason,
         voids: r.voids,
         reattributed: r.reattributed,
