@@ -159,6 +159,16 @@ function checkTime(value: number, name: string): void {
   if (!Number.isSafeInteger(value)) throw invalid(`${name} must be a time in epoch milliseconds`);
 }
 
+/** `[from, to)` checked: whole epoch ms, `to` (when not open) after `from`. */
+function interval(from: number, to: number | null): { from: number; to: number | null } {
+  checkTime(from, 'from');
+  if (to !== null) {
+    checkTime(to, 'to');
+    if (to <= from) throw invalid('to must be after from');
+  }
+  return { from, to };
+}
+
 function checkPatient(p: PatientId): void {
   if (typeof p?.system !== 'string' || typeof p.value !== 'string' || p.value.trim() === '') throw invalid('patient needs a system and a value');
 }
@@ -288,13 +298,7 @@ export class Bindings implements BindingsApi {
     const device = this.requireDevice(input.device);
     const target = this.target(input.bed, input.patient, true)!;
     return this.change(`binding added by ${actor}`, () => {
-      const from = input.from ?? this.now;
-      const to = input.to ?? null;
-      checkTime(from, 'from');
-      if (to !== null) {
-        checkTime(to, 'to');
-        if (to <= from) throw invalid('to must be after from');
-      }
+      const { from, to } = interval(input.from ?? this.now, input.to ?? null);
       const list = this.byDevice.get(device.id) ?? [];
       const overlapping = list.filter((b) => b.from < end(to) && end(b.to) > from);
       const open = list.length > 0 && list[list.length - 1]!.to === null ? list[list.length - 1]! : null;
@@ -348,10 +352,8 @@ export class Bindings implements BindingsApi {
   ): Binding | null {
     const device = this.requireDevice(input.device);
     const target = this.target(input.bed, input.patient, false);
-    const { from, to } = input;
-    checkTime(from, 'from');
-    checkTime(to, 'to');
-    if (to <= from) throw invalid('to must be after from');
+    const from = input.from;
+    const to = interval(input.from, input.to).to!;
     return this.change(`binding corrected by ${actor}`, () => {
       const list = this.byDevice.get(device.id) ?? [];
       const before = list.filter((b) => b.from < to && end(b.to) > from);
@@ -412,13 +414,7 @@ export class Bindings implements BindingsApi {
     checkBed(input.bed);
     checkPatient(input.patient);
     return this.change(`bed occupancy set by ${actor}`, () => {
-      const from = input.from ?? this.now;
-      const to = input.to ?? null;
-      checkTime(from, 'from');
-      if (to !== null) {
-        checkTime(to, 'to');
-        if (to <= from) throw invalid('to must be after from');
-      }
+      const { from, to } = interval(input.from ?? this.now, input.to ?? null);
       const clash = (this.byBed.get(input.bed) ?? []).find((o) => o.from < end(to) && end(o.to) > from);
       if (clash !== undefined) throw new GatewayError(ErrorCode.BINDING_OVERLAP, `bed ${input.bed} is occupied in that interval (occupancy ${clash.id})`);
       return this.insertOccupancy({ bed: input.bed, patient: input.patient, from, to, source: 'api', actor, created: this.now, visit: null }, 'occupancy.add');
