@@ -1,5 +1,5 @@
 import { UsageError } from '../cli.js';
-import { integerOption, numberOption } from './args.js';
+import { abortOnSignals, hostPortOption, integerOption, numberOption } from './args.js';
 
 /** Options of the other simulators that mean nothing to an ADT feed. */
 const NOT_FOR_ADT = ['devices', 'window', 'profile', 'faults', 'fault-rate', 'port', 'tcp-port', 'pause-ms', 'unplug-ms', 'interval-ms', 'secret', 'prefix', 'print-config', 'no-auth'];
@@ -13,8 +13,7 @@ export async function runAdtSimulate(values: Record<string, unknown>): Promise<n
   for (const name of NOT_FOR_ADT) if (values[name] !== undefined) throw new UsageError(`--${name} is not an option of the adt simulator`);
   const { ADT_SIMULATION_DEFAULTS, formatAdtReport, runAdtSimulation } = await import('../../simulators/adt.js');
   const to = (values.to as string | undefined) ?? `${ADT_SIMULATION_DEFAULTS.host}:${ADT_SIMULATION_DEFAULTS.port}`;
-  const match = /^(.*):(\d+)$/.exec(to);
-  if (!match) throw new UsageError(`--to must be HOST:PORT, got '${to}'`);
+  const target = hostPortOption(to);
   const beds = ((values.beds as string | undefined) ?? 'ICU/1/1,ICU/1/2,ICU/2/1,ICU/2/2')
     .split(',')
     .map((b) => b.trim())
@@ -34,21 +33,17 @@ export async function runAdtSimulate(values: Record<string, unknown>): Promise<n
   const count = integerOption(values.count, '--count');
   const seed = integerOption(values.seed, '--seed');
 
-  const controller = new AbortController();
-  const onSignal = () => controller.abort();
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  const stop = abortOnSignals();
   try {
     const report = await runAdtSimulation({
-      host: match[1] === '' ? '127.0.0.1' : match[1]!.replace(/^\[|\]$/g, ''),
-      port: Number(match[2]),
+      ...target,
       beds,
       patients,
       rate,
       transferEveryMs: transferEvery * 1000,
       cancels: values.cancels === true,
       charset,
-      signal: controller.signal,
+      signal: stop.signal,
       ...(count !== undefined ? { count } : {}),
       ...(durationS !== undefined ? { durationMs: durationS * 1000 } : {}),
       ...(seed !== undefined ? { seed } : {}),
@@ -61,7 +56,6 @@ export async function runAdtSimulate(values: Record<string, unknown>): Promise<n
     if (err instanceof RangeError) throw new UsageError(err.message);
     throw err;
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    stop.release();
   }
 }

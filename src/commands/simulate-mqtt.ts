@@ -1,5 +1,5 @@
 import { UsageError } from '../cli.js';
-import { integerOption, numberOption } from './args.js';
+import { abortOnSignals, integerOption, numberOption } from './args.js';
 
 /** Options of other simulators that mean nothing to the MQTT fleet. */
 const NOT_FOR_MQTT = ['window', 'profile', 'charset', 'port', 'tcp-port', 'pause-ms', 'unplug-ms', 'interval-ms'];
@@ -36,10 +36,7 @@ export async function runMqttSimulate(values: Record<string, unknown>): Promise<
   const total = integerOption(values.count, '--count');
   const seed = integerOption(values.seed, '--seed');
 
-  const controller = new AbortController();
-  const onSignal = () => controller.abort();
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  const stop = abortOnSignals();
   try {
     const report = await runMqttSimulation({
       url: to,
@@ -50,14 +47,13 @@ export async function runMqttSimulate(values: Record<string, unknown>): Promise<
       ...(faultRate !== undefined ? { faultRate } : {}),
       ...(seed !== undefined ? { seed } : {}),
       auth: values['no-auth'] !== true,
-      signal: controller.signal,
+      signal: stop.signal,
       onProgress: (r) => process.stderr.write(`\r${r.connected}/${r.devices} connected, ${r.acked} acked, ${r.msgsPerSecond.toFixed(0)} msgs/s   `),
     });
     process.stderr.write('\n');
     process.stdout.write(`${formatMqttReport(report)}\n`);
     return report.errors > 0 || report.connected < report.devices ? 1 : 0;
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    stop.release();
   }
 }

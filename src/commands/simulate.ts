@@ -8,7 +8,7 @@ import {
   type Pcd01Profile,
 } from '../../simulators/pcd01.js';
 import { UsageError } from '../cli.js';
-import { numberOption } from './args.js';
+import { abortOnSignals, hostPortOption, numberOption } from './args.js';
 
 /** `mdi simulate <kind>`: plays simulated devices against a running gateway. */
 export async function runSimulate(positionals: string[], values: Record<string, unknown>): Promise<number> {
@@ -40,8 +40,7 @@ export async function runSimulate(positionals: string[], values: Record<string, 
   }
 
   const to = (values.to as string | undefined) ?? `${PCD01_SIMULATION_DEFAULTS.host}:${PCD01_SIMULATION_DEFAULTS.port}`;
-  const match = /^(.*):(\d+)$/.exec(to);
-  if (!match) throw new UsageError(`--to must be HOST:PORT, got '${to}'`);
+  const target = hostPortOption(to);
   const profile = (values.profile as string | undefined) ?? PCD01_SIMULATION_DEFAULTS.profile;
   if (!PCD01_PROFILES.includes(profile as Pcd01Profile)) {
     throw new UsageError(`--profile must be one of ${PCD01_PROFILES.join(', ')}, got '${profile}'`);
@@ -55,16 +54,12 @@ export async function runSimulate(positionals: string[], values: Record<string, 
     throw new UsageError(`--faults: ${(err as Error).message}`);
   }
 
-  const controller = new AbortController();
-  const onSignal = () => controller.abort();
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  const stop = abortOnSignals();
   const durationS = numberOption(values.duration, '--duration');
   const count = numberOption(values.count, '--count');
   try {
     const report = await runPcd01Simulation({
-      host: match[1] === '' ? '127.0.0.1' : match[1]!.replace(/^\[|\]$/g, ''),
-      port: Number(match[2]),
+      ...target,
       devices: numberOption(values.devices, '--devices'),
       rate: numberOption(values.rate, '--rate'),
       window: numberOption(values.window, '--window'),
@@ -75,19 +70,18 @@ export async function runSimulate(positionals: string[], values: Record<string, 
       faults,
       faultRate: numberOption(values['fault-rate'], '--fault-rate'),
       seed: numberOption(values.seed, '--seed'),
-      signal: controller.signal,
+      signal: stop.signal,
       onProgress: (r) => process.stderr.write(`\r${r.sent} sent, ${r.aa} AA, ${r.ae} AE, ${r.ar} AR, ${r.msgsPerSecond.toFixed(0)} msgs/s   `),
     });
     process.stderr.write('\n');
     process.stdout.write(`${formatPcd01Report(report)}\n`);
     // Ctrl-C leaves messages in flight by design; only failures the user did not cause count.
-    const unanswered = report.unacknowledged > 0 && !controller.signal.aborted;
+    const unanswered = report.unacknowledged > 0 && !stop.signal.aborted;
     return report.timeouts > 0 || report.errors > 0 || unanswered ? 1 : 0;
   } catch (err) {
     if (err instanceof RangeError) throw new UsageError(err.message);
     throw err;
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    stop.release();
   }
 }
