@@ -77,6 +77,35 @@ describe('normalize', () => {
     expect(batch.rejects[0]).toMatchObject({ code: ErrorCode.HL7_BAD_TIME, controlId: 'MSG1' });
   });
 
+  it('gives the same Observations from a fresh Normalizer and from one that has seen the kinds before', () => {
+    // Kinds that share a code (other unit, refid, system), text and numeric readings of one kind,
+    // conversions and plausibility: the cached forms and the row-order guess must not matter.
+    const kinds: Partial<Measurement>[] = [
+      {},
+      { value: 900 },
+      { unit: 'bpm', value: 61 },
+      { unit: 'furlong' },
+      { unit: '' },
+      { unit: '', text: 'asystole', value: Number.NaN },
+      { refid: 'MDC_PULS_RATE' },
+      { refid: 'MDC_ECG_CARD_BEAT_RATE' },
+      { code: '149522', refid: 'MDC_PULS_RATE' },
+      { code: '150364', refid: 'MDC_TEMP_BODY', unit: 'MDC_DIM_FAHR', value: 98.6 },
+      { code: '150364', refid: 'MDC_TEMP_BODY', unit: 'MDC_DIM_FAHR', value: 150 },
+      { code: '0', refid: 'MDC_ECG_HEART_RATE' },
+      { code: '147842', system: '99COMEN', refid: '' },
+      { code: '684800', refid: 'MDC_EVT_SOMETHING', unit: '' },
+      { code: '2001', system: '', refid: '' },
+    ];
+    const readings = kinds.map((over) => measurement({ ...base, ...over }));
+    const fresh = readings.map((m) => new Normalizer(loadMappings()).normalize(m));
+    const seasoned = new Normalizer(loadMappings());
+    for (let round = 0; round < 3; round++) {
+      expect(readings.map((m) => seasoned.normalize(m)), `round ${round}`).toEqual(fresh);
+      expect([...readings].reverse().map((m) => seasoned.normalize(m)), `round ${round} reversed`).toEqual([...fresh].reverse());
+    }
+  });
+
   it('builds every Observation with the same keys in the same order', () => {
     const shapes = new Set(
       [one({}), one({ unit: 'furlong' }), one({ code: '2001', system: '99COMEN' }), one({ text: 'x', value: Number.NaN })].map((o) =>
