@@ -237,10 +237,12 @@ interface RowTemplate {
   readonly hasTime: boolean;
 }
 
-// Templates: 1024 sets of 2 ways, up to 256 bytes each (512 KiB). A set is chosen by the first
-// TEMPLATE_PROBE bytes of OBX-2.. (value type, start of the code).
-const TEMPLATE_SET_BITS = 10;
-const TEMPLATE_WAYS = 2;
+// Templates: 256 sets of 8 ways, up to 256 bytes each (512 KiB). A set is chosen by the first
+// TEMPLATE_PROBE bytes of OBX-2.. (value type, start of the code), so one metric's rows from
+// differently configured senders (other containment, unit, status) share a set: eight ways keep
+// them from evicting each other.
+const TEMPLATE_SET_BITS = 8;
+const TEMPLATE_WAYS = 8;
 const TEMPLATE_WIDTH = 256;
 const TEMPLATE_PROBE = 12;
 
@@ -259,7 +261,10 @@ class TemplateCache {
   private readonly restLength = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS);
   private readonly sigs = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS);
   private readonly values: (RowTemplate | undefined)[] = new Array<RowTemplate | undefined>(TEMPLATE_WAYS << TEMPLATE_SET_BITS).fill(undefined);
-  private readonly recent = new Uint8Array(1 << TEMPLATE_SET_BITS);
+  // Per entry: when it was last matched or stored, in `uses` (the least recently used way of a
+  // set is replaced). A double counts exactly far beyond any uptime.
+  private readonly lastUse = new Float64Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS);
+  private uses = 0;
   // Per entry: the entry of the row that came next last time (-1: unknown).
   private readonly following = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS).fill(-1);
   /** The entry of the last successful `match`, or of the last `store` (-1: none). */
@@ -290,7 +295,7 @@ class TemplateCache {
     if (hint >= 0) {
       const end = this.tryEntry(hint, bytes, view, at, hs, bound, sig, fs, timeStart, timeLength, row);
       if (end >= 0) {
-        this.hit = hint;
+        this.use(hint);
         return end;
       }
     }
@@ -300,8 +305,7 @@ class TemplateCache {
       if (k === hint) continue;
       const end = this.tryEntry(k, bytes, view, at, hs, bound, sig, fs, timeStart, timeLength, row);
       if (end >= 0) {
-        this.recent[set] = w;
-        this.hit = k;
+        this.use(k);
         return end;
       }
     }
@@ -409,13 +413,7 @@ class TemplateCache {
     if (lh < TEMPLATE_PROBE || lh + lt + lp > TEMPLATE_WIDTH) return;
     if (!printable(bytes, hs, vs, esc) || !printable(bytes, ve, ve + lt, esc) || !printable(bytes, te, te + lp, esc)) return;
     const set = this.setOf(view, at + hs, sig);
-    // Replace a way holding the same head (the tail or rest changed), else the older way.
-    let w = this.recent[set] === 0 ? 1 : 0;
-    for (let x = 0; x < TEMPLATE_WAYS; x++) {
-      const k = set * TEMPLATE_WAYS + x;
-      if (this.headLength[k] === lh && this.sigs[k] === sig && this.equal(k * TEMPLATE_WIDTH, bytes, view, at, hs, lh)) w = x;
-    }
-    const k = set * TEMPLATE_WAYS + w;
+    const k = this.victim(set);
     const base = k * TEMPLATE_WIDTH;
     this.slab.set(bytes.subarray(hs, vs), base);
     this.slab.set(bytes.subarray(ve, ve + lt), base + lh);
@@ -425,9 +423,25 @@ class TemplateCache {
     this.restLength[k] = lp;
     this.sigs[k] = sig;
     this.values[k] = value;
-    this.recent[set] = w;
     this.following[k] = -1;
+    this.use(k);
+  }
+
+  private use(k: number): void {
     this.hit = k;
+    this.lastUse[k] = ++this.uses;
+  }
+
+  // The entry of `set` to overwrite: an empty way, else the least recently used. A row whose
+  // tail changed (an OBX-8 flag that comes and goes, another sender's OBX-11) gets a way of its
+  // own: both variants stay in use.
+  private victim(set: number): number {
+    let oldest = set * TEMPLATE_WAYS;
+    for (let k = oldest; k < (set + 1) * TEMPLATE_WAYS; k++) {
+      if (this.headLength[k]! < 0) return k;
+      if (this.lastUse[k]! < this.lastUse[oldest]!) oldest = k;
+    }
+    return oldest;
   }
 
   clear(): void {

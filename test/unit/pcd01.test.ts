@@ -614,6 +614,24 @@ describe('decodePcd01: caches never change results', () => {
     ]);
   });
 
+  it('keeps apart more variants of one metric\'s row than a template set has ways', () => {
+    // Same value type and code (so the same template set), different everything else.
+    const variants: string[] = [];
+    for (const status of ['R', 'F', 'X', 'C']) {
+      for (const [flag, unit] of [['', '262688^MDC_DIM_PERCENT^MDC'], ['L', '262688^MDC_DIM_PERCENT^MDC'], ['', '%^%^UCUM'], ['H', '%^%^UCUM']]) {
+        variants.push(obx({ 2: 'NM', 3: '150456^MDC_PULS_OXIM_SAT_O2^MDC', 4: `1.3.1.${variants.length + 1}`, 5: '97', 6: unit!, 8: flag!, 11: status, 14: '20261121101455+0100', 18: `DEV${variants.length % 3}` }));
+      }
+    }
+    const messages = variants.map((_, i) => Buffer.from([MSH, OBR, ...variants.slice(i), ...variants.slice(0, i)].join('\r')));
+    const cold = messages.map((m) => {
+      clearPcd01Caches();
+      return decodePcd01(m);
+    });
+    for (let round = 0; round < 3; round++) {
+      for (const [i, m] of messages.entries()) expect(decodePcd01(m), `round ${round} message ${i}`).toEqual(cold[i]);
+    }
+  });
+
   it('finds row ends by template exactly where a full scan finds them (line ends, wraps, spaces, extra fields)', () => {
     const rows = [
       obx({ 2: 'NM', 3: '147842^MDC_ECG_HEART_RATE^MDC', 4: '1.2.1.1', 5: '80', 6: '264864^MDC_DIM_BEAT_PER_MIN^MDC', 11: 'R', 14: '20261121101455+0100' }, 1),
