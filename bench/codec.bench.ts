@@ -7,6 +7,7 @@
  *
  * Options: --seconds <s> per round (default 2.5), --rounds <n> (default 3), --generated <n>
  * messages of our own (default 200), --no-public (leave out ../shared/corpus/public),
+ * --devices <n> (instead: the simulator's messages from n devices, 2 each, round robin),
  * --no-normalize (leave out the pipeline contender), --write.
  *
  * Every contender starts from the same Buffer per message and extracts, per OBX, the code
@@ -26,8 +27,10 @@ import { Hl7Message as MedplumHl7Message } from '@medplum/core';
 import { Message as NodeHl7Message, type HL7Node } from 'node-hl7-client';
 import { Hl7Message, Hl7Segment } from '../src/codec/hl7.js';
 import { decodePcd01 } from '../src/codec/pcd01.js';
+import { loadMappings } from '../src/mappings.js';
 import type { Measurement } from '../src/model/measurement.js';
-import { loadBenchCorpus, type BenchCorpus } from './corpus.js';
+import { Normalizer } from '../src/pipeline/normalize.js';
+import { loadBenchCorpus, loadDevicesCorpus, type BenchCorpus } from './corpus.js';
 
 // ---------------------------------------------------------------------------------------------
 // The CommonJS libraries without type declarations, typed as far as this bench uses them.
@@ -276,31 +279,21 @@ function arg(name: string, fallback: number): number {
   return Number.isFinite(v) && v > 0 ? v : fallback;
 }
 
-async function loadNormalize(): Promise<Normalize | null> {
-  // The normalizer lives in the pipeline (another engineer's module); plug it in when present.
-  try {
-    const pipeline = (await import(join('..', 'src', 'pipeline', 'normalize.js'))) as Record<string, unknown>;
-    const mappingsModule = (await import(join('..', 'src', 'mappings.js'))) as Record<string, unknown>;
-    const Normalizer = pipeline['Normalizer'];
-    const loadMappings = mappingsModule['loadMappings'];
-    if (typeof Normalizer !== 'function' || typeof loadMappings !== 'function') return null;
-    const normalizer = new (Normalizer as new (m: unknown) => { normalizeBatch(ms: readonly Measurement[]): unknown })(
-      (loadMappings as () => unknown)(),
-    );
-    return (ms) => normalizer.normalizeBatch(ms);
-  } catch {
-    return null;
-  }
+function pipelineNormalize(): Normalize {
+  const normalizer = new Normalizer(loadMappings());
+  return (ms) => normalizer.normalizeBatch(ms);
 }
 
 // ---------------------------------------------------------------------------------------------
 
-async function main(): Promise<void> {
+function main(): void {
   const seconds = arg('--seconds', 2.5);
   const rounds = arg('--rounds', 3);
   const generated = arg('--generated', 200);
-  const corpus = loadBenchCorpus({ generated, includePublic: !process.argv.includes('--no-public') });
-  const normalize = process.argv.includes('--no-normalize') ? null : await loadNormalize();
+  const devices = arg('--devices', 0);
+  const corpus =
+    devices > 0 ? loadDevicesCorpus(devices) : loadBenchCorpus({ generated, includePublic: !process.argv.includes('--no-public') });
+  const normalize = process.argv.includes('--no-normalize') ? null : pipelineNormalize();
   const list = contenders(normalize);
   const gcOn = typeof (globalThis as { gc?: unknown }).gc === 'function';
 
@@ -393,4 +386,4 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+main();

@@ -2,11 +2,13 @@
  * The benchmark corpus for the HL7 codec: our own generated 20-OBX PCD-01 messages (a
  * multiparameter monitor, values and times varying per message) plus, when `../shared` is
  * present, every ORU message of the public corpus (`../shared/corpus/public/*.hl7`, read where it
- * lies, LF → CR as its SOURCES.md says).
+ * lies, LF → CR as its SOURCES.md says). Or, for a ward's worth of senders, the simulator's
+ * messages from many devices (`loadDevicesCorpus`).
  */
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createPcd01Generator } from '../simulators/pcd01.js';
 
 /** A set of messages to decode, each a separate buffer as an MLLP listener would hand it over. */
 export interface BenchCorpus {
@@ -106,4 +108,18 @@ export function loadBenchCorpus(options: { generated?: number; includePublic?: b
       ? `${generated} generated 20-OBX PCD-01 messages + ${pub.length} public-corpus ORU messages (../shared/corpus/public), ${bytes} bytes`
       : `${generated} generated 20-OBX PCD-01 messages only (../shared/corpus/public absent), ${bytes} bytes`;
   return { messages, bytes, generated, publicOru: pub.length, description };
+}
+
+/**
+ * `perDevice` messages from each of `devices` simulated monitors (simulators/pcd01.ts, 20 OBX
+ * each with the device's EUI-64 in OBX-18), in the order a gateway receives them: one message of
+ * every device, then the next round. Shows whether the decoder's caches hold a whole ward.
+ */
+export function loadDevicesCorpus(devices: number, perDevice = 2): BenchCorpus {
+  const generator = createPcd01Generator({ devices, profile: 'obx20', seed: 1, startTime: Date.UTC(2026, 10, 21, 9) });
+  const messages: Buffer[] = [];
+  for (let i = 0; i < devices * perDevice; i++) messages.push(generator.next());
+  const bytes = messages.reduce((sum, m) => sum + m.length, 0);
+  const description = `${messages.length} simulated 20-OBX PCD-01 messages from ${devices} devices (simulators/pcd01.ts, round robin), ${bytes} bytes`;
+  return { messages, bytes, generated: messages.length, publicOru: 0, description };
 }
