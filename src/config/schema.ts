@@ -123,10 +123,11 @@ export const StoreConfig = z.strictObject({
       synchronous: z.enum(['full', 'normal']).default('full'),
       /**
        * 0: a group commit takes what arrived in the current event-loop turn (no added latency;
-       * under load the fsync itself lets the next group grow). >0: wait up to this long (ms).
+       * under load what arrives while the writer thread commits is the next group). >0: wait up
+       * to this long (ms) before handing an idle writer its group.
        */
       groupCommitMaxDelayMs: z.number().int().min(0).max(1000).default(0),
-      /** Rows per group commit before it is flushed at once. */
+      /** Most rows per group commit; a group this large goes to an idle writer at once. */
       groupCommitMaxRows: z.number().int().min(1).max(1_000_000).default(20_000),
       /** Readings older than this are deleted from the local store; 0 keeps everything. */
       retentionDays: z.number().min(0).default(0),

@@ -22,6 +22,8 @@ CREATE TABLE IF NOT EXISTS reattribution_jobs (
 /** What the re-attribution needs of the store (SqliteStore). */
 export interface ReattributeStore {
   database(): Database.Database;
+  /** Resolves once every reading submitted so far is committed (or failed). */
+  settled(): Promise<void>;
   reattribute(
     devices: readonly string[],
     from: number,
@@ -68,6 +70,8 @@ export class Reattributor {
   private readonly db: Database.Database;
   private readonly s;
   private running = false;
+  /** Work was asked for since the loop last looked. */
+  private kicked = false;
   private stopped = true;
   private current: Promise<void> | null = null;
   private done = 0;
@@ -112,21 +116,37 @@ export class Reattributor {
 
   /** Runs every pending job to the end now (tests). */
   async drain(): Promise<void> {
-    while (this.step()) await new Promise<void>((resolve) => setImmediate(resolve));
+    while (await this.nextSlice()) await new Promise<void>((resolve) => setImmediate(resolve));
   }
 
   private kick(): void {
+    this.kicked = true;
     if (this.running || this.stopped) return;
     this.running = true;
     this.current = (async () => {
       try {
-        while (!this.stopped && this.step()) await new Promise<void>((resolve) => setImmediate(resolve));
+        // A job enqueued while the loop was finishing is not missed: it kicked again.
+        while (this.kicked && !this.stopped) {
+          this.kicked = false;
+          while (!this.stopped && (await this.nextSlice())) await new Promise<void>((resolve) => setImmediate(resolve));
+        }
       } catch (err) {
         this.deps.log.error({ err }, 're-attribution failed; retried at the next change or start');
       } finally {
         this.running = false;
       }
     })();
+  }
+
+  /**
+   * One slice of the oldest job, once the readings accepted so far are committed: a job must
+   * see those accepted before its change, or they would keep the attribution it corrected.
+   */
+  private async nextSlice(): Promise<boolean> {
+    if (this.s.next.get() === undefined) return false;
+    // Asked after the job exists: covers every reading submitted before its change.
+    await this.deps.store.settled();
+    return this.step();
   }
 
   /** One slice of the oldest job. @returns whether there may be more work. */

@@ -4,10 +4,11 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import type { MessageIdentity } from '../driver.js';
 import { ErrorCode, GatewayError } from '../errors.js';
-import type { DeadLetter, DeadLetterInput } from '../model/dead-letter.js';
+import type { DeadLetter } from '../model/dead-letter.js';
 import type { PatientId } from '../model/measurement.js';
 import type { Observation } from '../model/observation.js';
 import { pseudonym } from '../pseudonym.js';
+import { decodeResults, encodeGroup } from './commit-group.js';
 import type {
   CommitResult,
   CommitUnit,
@@ -16,6 +17,7 @@ import type {
   StoredObservation,
   Store,
 } from './store.js';
+import { StoreWriter } from './writer.js';
 
 export interface SqliteStoreOptions {
   /** Database file; `:memory:` for throwaway stores in unit tests. */
@@ -96,48 +98,55 @@ CREATE TABLE IF NOT EXISTS dead_letters (
  * readings are in a committed SQLite transaction (WAL, fsync per group when synchronous=full),
  * so a driver that ACKs after it resolves never ACKs a reading a crash could lose.
  *
- * Group commit: commits that arrive close together share one transaction and one fsync, which
- * keeps ACK latency low under load from many connections. Units are applied in arrival order,
- * and each resolves with its own result.
+ * Readings are written by the writer thread (`writer.ts`) on its own connection: the inserts
+ * and the fsync are most of the hot path's cost, and on the event loop they would stop every
+ * socket while they run. Everything else (queries, cursors, the registry and the outbox, which
+ * reach the database through `database()`) uses this thread's connection; WAL lets it read
+ * while the writer writes, and SQLite's lock orders the two writers.
+ *
+ * Group commit: commits that arrive while the writer is busy (or within the same event-loop
+ * turn) share one transaction and one fsync, which keeps ACK latency low under load from many
+ * connections. Units are applied in arrival order, and each resolves with its own result.
  */
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
+  private readonly writer: StoreWriter;
   private readonly maxDelayMs: number;
   private readonly maxRows: number;
   private pending: Pending[] = [];
   private pendingRows = 0;
   private flushScheduled = false;
+  /** A group is with the writer; the next one waits for its answer. */
+  private writing = false;
+  /** The promise of the newest unit submitted: settled means all before it are too. */
+  private last: Promise<unknown> = Promise.resolve();
   private closed = false;
   private readonly pseudonymKey: Buffer;
   private readonly statements;
-  private readonly applyGroup: (group: Pending[]) => CommitResult[];
-  /** Parameter arrays reused for every insert (the store runs on one thread). */
-  private readonly rowParams: unknown[] = new Array(COLUMNS * ROWS_PER_INSERT);
-  private readonly oneRowParams: unknown[] = new Array(COLUMNS);
 
   constructor(options: SqliteStoreOptions) {
-    if (options.file !== ':memory:') mkdirSync(dirname(options.file), { recursive: true });
+    if (options.file === ':memory:') {
+      throw new GatewayError(ErrorCode.CONFIG_INVALID, 'the store needs a file: its writer thread opens it on a connection of its own');
+    }
+    mkdirSync(dirname(options.file), { recursive: true });
     this.db = new Database(options.file);
     // WAL: readers (the API) never block the writer; one fsync per commit of the log.
     this.db.pragma('journal_mode = WAL');
     this.db.pragma(`synchronous = ${options.synchronous === 'normal' ? 'NORMAL' : 'FULL'}`);
-    // A concurrent reader process (mdi inspect of a live store, backups) must not fail writes.
+    // The writer thread and other processes (mdi inspect of a live store, backups) hold the
+    // write lock at times: wait for it rather than fail.
     this.db.pragma('busy_timeout = 5000');
+    // Checkpoints (copying the log back into the database file, with an fsync) belong to the
+    // writer thread, which makes nearly all of the log; here they would stall the event loop.
+    this.db.pragma('wal_autocheckpoint = 0');
     this.db.exec(SCHEMA);
     this.maxDelayMs = options.groupCommitMaxDelayMs ?? 0;
     this.maxRows = options.groupCommitMaxRows ?? 20_000;
     this.pseudonymKey = this.loadPseudonymKey();
+    this.writer = new StoreWriter({ file: options.file, synchronous: options.synchronous ?? 'full' });
 
     const db = this.db;
     this.statements = {
-      insertMessage: db.prepare(
-        'INSERT OR IGNORE INTO messages (received, source, sender, control_id, digest, observations) VALUES (?, ?, ?, ?, ?, ?)',
-      ),
-      insertObservation: db.prepare(insertObservationsSql(1)),
-      insertObservations: db.prepare(insertObservationsSql(ROWS_PER_INSERT)),
-      insertDeadLetter: db.prepare(
-        'INSERT INTO dead_letters (received, source, code, reason, location, control_id, raw) VALUES (?, ?, ?, ?, ?, ?, ?)',
-      ),
       deadLetterRaw: db.prepare('SELECT raw FROM dead_letters WHERE id = ?').pluck(),
       countObservations: db.prepare('SELECT count(*) FROM observations').pluck(),
       countDeadLetters: db.prepare('SELECT count(*) FROM dead_letters').pluck(),
@@ -151,85 +160,75 @@ export class SqliteStore implements Store {
         'SELECT observations FROM messages WHERE sender = ? AND control_id = ? AND digest = ?',
       ),
     };
-    this.applyGroup = this.db.transaction((group: Pending[]) => group.map((p) => this.applyUnit(p.unit)));
   }
 
   commit(unit: CommitUnit): Promise<CommitResult> {
     if (this.closed) return Promise.reject(new GatewayError(ErrorCode.STORE_CLOSED, 'the store is closed'));
-    return new Promise<CommitResult>((resolve, reject) => {
+    const committed = new Promise<CommitResult>((resolve, reject) => {
       this.pending.push({ unit, resolve, reject });
-      this.pendingRows += unit.observations.length + unit.deadLetters.length + 1;
+      this.pendingRows += rowsOf(unit);
+      if (this.writing || this.flushScheduled) return;
       if (this.pendingRows >= this.maxRows) {
         this.flush();
-      } else if (!this.flushScheduled) {
+      } else {
         this.flushScheduled = true;
         if (this.maxDelayMs > 0) setTimeout(() => this.flush(), this.maxDelayMs);
         else setImmediate(() => this.flush());
       }
     });
+    this.last = committed;
+    return committed;
   }
 
-  /** Commits everything pending now, in one transaction. */
-  flush(): void {
+  /**
+   * Resolves when every unit submitted before the call is committed or failed. For work that
+   * must see the readings already accepted (re-attribution after a binding change).
+   */
+  settled(): Promise<void> {
+    return this.last.then(
+      () => undefined,
+      () => undefined,
+    );
+  }
+
+  /** Hands what is pending to the writer as one group, unless a group is with it already. */
+  private flush(): void {
     this.flushScheduled = false;
-    const group = this.pending;
-    if (group.length === 0) return;
-    this.pending = [];
-    this.pendingRows = 0;
-    let results: CommitResult[];
-    try {
-      results = this.applyGroup(group);
-    } catch (err) {
-      // Nothing of the group was committed (the transaction rolled back): every caller must
-      // answer "not stored" (MLLP AE) so the sender keeps the message and retries.
-      const failure = new GatewayError(ErrorCode.STORE_FAILED, `store write failed: ${(err as Error).message}`, {
-        cause: err,
-      });
-      for (const p of group) p.reject(failure);
-      return;
-    }
-    for (let i = 0; i < group.length; i++) group[i]!.resolve(results[i]!);
+    if (this.writing || this.pending.length === 0) return;
+    const group = this.takeGroup();
+    this.writing = true;
+    this.writer.write(encodeGroup(group.map((p) => p.unit))).then(
+      (results) => {
+        const decoded = decodeResults(results, group.length);
+        for (let i = 0; i < group.length; i++) group[i]!.resolve(decoded[i]!);
+      },
+      (err: Error) => {
+        // Nothing of the group was committed (the transaction rolled back, or the writer
+        // died): every caller must answer "not stored" (MLLP AE) so the sender retries.
+        const failure = new GatewayError(ErrorCode.STORE_FAILED, `store write failed: ${err.message}`, { cause: err });
+        for (const p of group) p.reject(failure);
+      },
+    ).finally(() => {
+      this.writing = false;
+      // What arrived meanwhile is the next group, at once: it has waited long enough.
+      this.flush();
+    });
   }
 
-  private applyUnit(unit: CommitUnit): CommitResult {
-    const s = this.statements;
-    const received = unit.received;
-    let messageId: number | bigint | null = null;
-    if (unit.message !== null) {
-      const info = s.insertMessage.run(
-        received,
-        unit.source,
-        unit.message.sender,
-        unit.message.controlId,
-        unit.message.digest,
-        unit.observations.length,
-      );
-      if (info.changes === 0) {
-        const previous = s.messageByControlId.get(unit.message.sender, unit.message.controlId, unit.message.digest) as
-          | { observations: number }
-          | undefined;
-        return { stored: 0, deadLetters: 0, duplicate: true, previouslyStored: previous?.observations ?? 0 };
-      }
-      messageId = info.lastInsertRowid;
+  /** The pending units up to `maxRows` rows (at least one unit); the rest stay pending. */
+  private takeGroup(): Pending[] {
+    if (this.pendingRows < this.maxRows) {
+      const group = this.pending;
+      this.pending = [];
+      this.pendingRows = 0;
+      return group;
     }
-    // Rows go in ROWS_PER_INSERT at a time: one statement step per 16 rows instead of per row
-    // roughly halves the insert cost (bench/e2e.bench.ts; the store is the hot path's largest part).
-    const observations = unit.observations;
-    const params = this.rowParams;
-    let i = 0;
-    for (; i + ROWS_PER_INSERT <= observations.length; i += ROWS_PER_INSERT) {
-      for (let r = 0; r < ROWS_PER_INSERT; r++) fillRow(params, r * COLUMNS, observations[i + r]!, messageId, received);
-      s.insertObservations.run(params);
-    }
-    const one = this.oneRowParams;
-    for (; i < observations.length; i++) {
-      fillRow(one, 0, observations[i]!, messageId, received);
-      s.insertObservation.run(one);
-    }
-    for (const d of unit.deadLetters) {
-      s.insertDeadLetter.run(received, unit.source, d.code, d.reason, d.location, d.controlId, Buffer.from(d.raw));
-    }
-    return { stored: unit.observations.length, deadLetters: unit.deadLetters.length, duplicate: false, previouslyStored: 0 };
+    let rows = 0;
+    let n = 0;
+    while (n < this.pending.length && (n === 0 || rows < this.maxRows)) rows += rowsOf(this.pending[n++]!.unit);
+    const group = this.pending.splice(0, n);
+    this.pendingRows -= rows;
+    return group;
   }
 
   queryObservations(q: ObservationQuery): StoredObservation[] {
@@ -427,10 +426,13 @@ export class SqliteStore implements Store {
     return { observations, messages };
   }
 
+  /** Commits what was submitted, then closes the writer thread and the connection. */
   async close(): Promise<void> {
     if (this.closed) return;
-    this.flush();
     this.closed = true;
+    this.flush();
+    await this.settled();
+    await this.writer.close();
     this.db.close();
   }
 
@@ -443,37 +445,8 @@ export class SqliteStore implements Store {
   }
 }
 
-const COLUMNS = 18;
-const ROWS_PER_INSERT = 16;
-
-function insertObservationsSql(rows: number): string {
-  const row = `(${new Array(COLUMNS).fill('?').join(', ')})`;
-  return `INSERT INTO observations (time, tz, device, code, system, vendor_code, metric, value, text, unit, loinc,
-    flags, containment, patient_system, patient_value, location, message_id, received)
-    VALUES ${new Array(rows).fill(row).join(', ')}`;
-}
-
-/** Writes one observation's COLUMNS values at `at`, in the column order of the INSERT. */
-function fillRow(params: unknown[], at: number, o: Observation, messageId: number | bigint | null, received: number): void {
-  params[at] = o.time;
-  params[at + 1] = o.tzOffset;
-  params[at + 2] = o.deviceId;
-  params[at + 3] = o.code;
-  params[at + 4] = o.system;
-  params[at + 5] = o.vendorCode;
-  params[at + 6] = o.metric;
-  // SQLite has no NaN: "no numeric value" is NULL.
-  params[at + 7] = Number.isNaN(o.value) ? null : o.value;
-  params[at + 8] = o.text;
-  params[at + 9] = o.unit;
-  params[at + 10] = o.loinc;
-  params[at + 11] = o.flags;
-  params[at + 12] = o.containment;
-  params[at + 13] = o.patient === null ? null : o.patient.system;
-  params[at + 14] = o.patient === null ? null : o.patient.value;
-  params[at + 15] = o.location;
-  params[at + 16] = messageId;
-  params[at + 17] = received;
+function rowsOf(unit: CommitUnit): number {
+  return unit.observations.length + unit.deadLetters.length + 1;
 }
 
 interface ObservationRow {

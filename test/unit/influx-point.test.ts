@@ -1,4 +1,7 @@
 import type { IPoint, IWriteOptions } from 'influx';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/log.js';
 import type { Observation } from '../../src/model/observation.js';
@@ -115,10 +118,17 @@ describe('InfluxFeeder (fake client)', () => {
     retry: { initialDelayMs: 10, maxDelayMs: 20 },
   };
 
+  let dir = '';
+  function tempStore(): SqliteStore {
+    dir = mkdtempSync(join(tmpdir(), 'mdi-influx-feeder-'));
+    return new SqliteStore({ file: join(dir, 'mdi.sqlite'), synchronous: 'normal' });
+  }
+
   afterEach(async () => {
     await feeder?.stop();
     feeder = null;
     await store.close();
+    rmSync(dir, { recursive: true, force: true });
   });
 
   async function commit(values: number[]): Promise<void> {
@@ -140,7 +150,7 @@ describe('InfluxFeeder (fake client)', () => {
   }
 
   it('moves the cursor only after a write, and catches up after an outage', async () => {
-    store = new SqliteStore({ file: ':memory:' });
+    store = tempStore();
     const client = new FakeInflux();
     client.down = true;
     feeder = new InfluxFeeder(options, client, store, createLogger({ level: 'silent' }));
@@ -157,7 +167,7 @@ describe('InfluxFeeder (fake client)', () => {
   });
 
   it('creates the database again when influxd says it is missing, then writes the same batch', async () => {
-    store = new SqliteStore({ file: ':memory:' });
+    store = tempStore();
     const client = new FakeInflux();
     let exists = false;
     let creates = 0;
@@ -182,7 +192,7 @@ describe('InfluxFeeder (fake client)', () => {
   });
 
   it('on stop, lets the write in flight finish and moves the cursor only if it was acknowledged', async () => {
-    store = new SqliteStore({ file: ':memory:' });
+    store = tempStore();
     const client = new FakeInflux();
     let release: (() => void) | null = null;
     const write = client.writePoints.bind(client);
@@ -204,7 +214,7 @@ describe('InfluxFeeder (fake client)', () => {
   });
 
   it('isolates a refused point by splitting the batch, skips readings without a value, and goes on', async () => {
-    store = new SqliteStore({ file: ':memory:' });
+    store = tempStore();
     const client = new FakeInflux();
     feeder = new InfluxFeeder(options, client, store, createLogger({ level: 'silent' }));
     await commit([1, 2, -1, 4, Number.NaN, 6, 7, 8]);

@@ -113,6 +113,19 @@ describe('re-attribution of stored readings', () => {
     await second.r.stop();
   });
 
+  it('waits for readings accepted before the change but not yet committed', async () => {
+    const { store, r } = setup(join(mkdtempSync(join(tmpdir(), 'mdi-reattr-')), 'mdi.sqlite'));
+    r.start();
+    // Attributed to Anna and on its way to the writer thread when the binding is corrected.
+    const committing = store.commit({ received: T0, source: 't', message: null, observations: [obs(T0 + 2_000_000)], deadLetters: [] });
+    r.enqueue({ device: 'mon-icu-1', from: T0, to: Infinity, reason: 'ADT A02' });
+    await committing;
+    const deadline = Date.now() + 5000;
+    while (r.status().done < 1 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(store.queryObservations({ device: EUI, limit: 10 })[0]!.observation.patient).toEqual(BO);
+    await r.stop();
+  });
+
   it('does not call charting when no reading changed patient', async () => {
     const { store, r, calls } = setup(join(mkdtempSync(join(tmpdir(), 'mdi-reattr-')), 'mdi.sqlite'));
     await store.commit({ received: T0, source: 't', message: null, observations: [obs(T0 + 2_000_000, { patient: BO, flags: 0, location: 'ICU/1/1' })], deadLetters: [] });

@@ -1,10 +1,13 @@
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ErrorCode } from '../../src/errors.js';
 import type { Observation } from '../../src/model/observation.js';
+import { encodeGroup } from '../../src/store/commit-group.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
+import { StoreWriter } from '../../src/store/writer.js';
 
 const obs = (over: Partial<Observation> = {}): Observation => ({
   time: Date.UTC(2026, 10, 21, 9, 0, 0),
@@ -127,6 +130,96 @@ describe('SqliteStore', () => {
     await expect(store.commit({ received: 1, source: 's', message: null, observations: [], deadLetters: [] })).rejects.toMatchObject({
       code: ErrorCode.STORE_CLOSED,
     });
+  });
+});
+
+describe('SqliteStore writer thread', () => {
+  const unit = (i: number, o: Observation = obs({ time: i })) => ({
+    received: i,
+    source: 's',
+    message: { sender: 'A', controlId: `M${i}`, digest: 'd' },
+    observations: [o],
+    deadLetters: [],
+  });
+
+  it('needs a file: an in-memory database cannot be shared with the writer thread', () => {
+    expect(() => new SqliteStore({ file: ':memory:' })).toThrow(/needs a file/);
+  });
+
+  it('commits on its own thread while this thread writes to the same file', async () => {
+    const { store } = open();
+    const commits: Promise<unknown>[] = [];
+    for (let round = 0; round < 20; round++) {
+      for (let i = 0; i < 50; i++) commits.push(store.commit(unit(round * 50 + i)));
+      // The event loop's connection writes while the writer holds or wants the lock.
+      store.setCursor('feeder', round);
+      await new Promise((r) => setImmediate(r));
+    }
+    await Promise.all(commits);
+    expect(store.counts().observations).toBe(1000);
+    expect(store.cursor('feeder')).toBe(19);
+    // Ids are given in commit order without gaps: what feeders rely on.
+    expect(store.lastObservationId()).toBe(1000);
+  });
+
+  it('settled() waits for everything submitted before it', async () => {
+    const { store } = open();
+    for (let i = 0; i < 100; i++) void store.commit(unit(i));
+    expect(store.counts().observations).toBe(0);
+    await store.settled();
+    expect(store.counts().observations).toBe(100);
+  });
+
+  it('close() commits what was submitted before it', async () => {
+    const { store, file } = open();
+    const committed = Array.from({ length: 50 }, (_, i) => store.commit(unit(i)));
+    await store.close();
+    expect((await Promise.all(committed)).every((r) => r.stored === 1)).toBe(true);
+    const { store: again } = open(file);
+    expect(again.counts().observations).toBe(50);
+  });
+
+  it('close() ends the writer thread and lets the process exit on its own', () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'mdi-store-')), 'mdi.sqlite');
+    const script = `
+      const { SqliteStore } = await import(${JSON.stringify(new URL('../../src/store/sqlite.ts', import.meta.url).href)});
+      const store = new SqliteStore({ file: ${JSON.stringify(file)} });
+      await store.commit({ received: 1, source: 's', message: null, observations: [], deadLetters: [] });
+      await store.close();
+      console.log('closed');`;
+    const run = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 20_000 });
+    expect(run.stderr).toBe('');
+    expect(run.stdout.trim()).toBe('closed');
+    expect(run.status).toBe(0);
+  });
+
+  it('rolls a failed group back whole, answers every unit of it "not stored", and goes on', async () => {
+    const { store } = open();
+    // A reading the schema refuses (device NOT NULL) fails its whole group's transaction.
+    const bad = obs({ deviceId: null as unknown as string });
+    const group = [store.commit(unit(1)), store.commit(unit(2, bad))];
+    for (const r of await Promise.allSettled(group)) {
+      expect(r.status).toBe('rejected');
+      expect((r as PromiseRejectedResult).reason).toMatchObject({ code: ErrorCode.STORE_FAILED });
+    }
+    expect(store.counts().observations).toBe(0);
+    // The sender retries; the retry is not mistaken for a duplicate of the rolled-back unit.
+    expect(await store.commit(unit(1))).toMatchObject({ stored: 1, duplicate: false });
+  });
+});
+
+describe('StoreWriter', () => {
+  it('fails a write when its thread cannot start, and starts a new thread for the next write', async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'mdi-writer-')), 'not-yet');
+    const file = join(dir, 'mdi.sqlite');
+    const writer = new StoreWriter({ file, synchronous: 'normal' });
+    const group = encodeGroup([{ received: 1, source: 's', message: null, observations: [obs()], deadLetters: [] }]);
+    await expect(writer.write(group)).rejects.toThrow(/store writer thread (failed|exited)/);
+    // The folder and schema appear (a store opens the file); the next write gets a new thread.
+    const { store } = open(file);
+    expect(await writer.write(group)).toEqual([1, 0, 0, 0]);
+    await writer.close();
+    expect(store.counts().observations).toBe(1);
   });
 });
 
