@@ -180,6 +180,11 @@ export class ByteKeys {
     return rangeSlot(bytes, s, e, salt, this.bits);
   }
 
+  /** The slot for `bytes[s, e)` with `salt` from every byte (see `wholeRangeSlot`). */
+  wholeSlotOf(bytes: Uint8Array, s: number, e: number, salt: number): number {
+    return wholeRangeSlot(bytes, s, e, salt, this.bits);
+  }
+
   /**
    * True when slot `slot` holds exactly `bytes[s, e)` with `salt`. `view` reads the same bytes,
    * `bytes[i]` being at `view` offset `viewOffset + i` (see `Hl7Message.view`).
@@ -233,6 +238,17 @@ function rangeSlot(bytes: Uint8Array, s: number, e: number, salt: number, bits: 
     const tail = n - 8 < 4 ? n - 8 : 4;
     for (let i = e - tail; i < e; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193);
   }
+  return (h ^ (h >>> bits)) & ((1 << bits) - 1);
+}
+
+/**
+ * A slot for `bytes[s, e)` from all of its bytes, for keys that differ in the middle: the device
+ * ids of one vendor (`02A0C0FFFE00012F^^02A0C0FFFE00012F^EUI-64`) share their first eight and
+ * last four bytes, and would all get one `rangeSlot`.
+ */
+function wholeRangeSlot(bytes: Uint8Array, s: number, e: number, salt: number, bits: number): number {
+  let h = Math.imul(e - s + 1, 0x9e3779b1) ^ salt;
+  for (let i = s; i < e; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193);
   return (h ^ (h >>> bits)) & ((1 << bits) - 1);
 }
 

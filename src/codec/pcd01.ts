@@ -152,20 +152,24 @@ const CACHE_KEY_BYTES = 128;
 /**
  * A direct-mapped cache from the exact bytes of a range (printable ASCII without the escape
  * character only, so the charset cannot matter) plus the message's delimiters to a value
- * derived from them. A miss costs the derivation and one key string.
+ * derived from them. A miss costs the derivation and one key string. With `hashAll`, the slot
+ * comes from every byte of the range instead of its ends (for keys that differ in the middle).
  */
 class RangeCache<T> {
   private readonly keys: ByteKeys;
   private readonly values: (T | undefined)[];
   private slot = 0;
 
-  constructor(bits: number = CACHE_BITS) {
+  constructor(
+    bits: number = CACHE_BITS,
+    private readonly hashAll = false,
+  ) {
     this.keys = new ByteKeys(bits, CACHE_KEY_BYTES);
     this.values = new Array<T | undefined>(1 << bits).fill(undefined);
   }
 
   get(bytes: Uint8Array, view: DataView, s: number, e: number, sig: number): T | undefined {
-    const slot = this.keys.slotOf(bytes, s, e, sig);
+    const slot = this.hashAll ? this.keys.wholeSlotOf(bytes, s, e, sig) : this.keys.slotOf(bytes, s, e, sig);
     this.slot = slot;
     return this.keys.matches(slot, bytes, view, bytes.byteOffset, s, e, sig) ? this.values[slot] : undefined;
   }
@@ -221,20 +225,31 @@ interface RowParts {
   te: number;
   /** OBX-14 has the same bytes as the last time parsed in this message. */
   timeSame: boolean;
-  /** From OBX-18 (EI-1, else EI-3), `''` when empty. */
-  deviceId: string;
+  /** OBX-18 (first repetition and beyond), `[ds, de)`; empty when absent. */
+  ds: number;
+  de: number;
+  /** From OBX-18 (EI-1, else EI-3), `''` when empty; null when not known yet (see `deviceOf`). */
+  deviceId: string | null;
 }
 
-const rowParts: RowParts = { head: null, hs: 0, vs: 0, ve: 0, unit: '', tailFlags: 0, ts: 0, te: 0, timeSame: false, deviceId: '' };
+const rowParts: RowParts = { head: null, hs: 0, vs: 0, ve: 0, unit: '', tailFlags: 0, ts: 0, te: 0, timeSame: false, ds: 0, de: 0, deviceId: '' };
 
-/** What a row template stands for: everything in an OBX except OBX-1, OBX-5 and OBX-14. */
+/**
+ * What a row template stands for: everything in an OBX except OBX-1, OBX-5, OBX-14 and OBX-18.
+ * OBX-18 names the device: a ward of monitors of one model sends the same rows with only the
+ * EUI-64 differing, and they share one template per row. The template keeps the OBX-18 of the
+ * row it was made from, which is usually the one that comes again.
+ */
 interface RowTemplate {
   readonly head: RowHead;
   readonly unit: string;
   readonly tailFlags: number;
-  readonly deviceId: string;
   /** The row has an OBX-14 field (the template's bytes are split around it). */
   readonly hasTime: boolean;
+  /** The row has an OBX-18 field (the bytes after OBX-14 are split around it). */
+  readonly hasDevice: boolean;
+  /** The device id read from the template's own OBX-18 bytes. */
+  readonly deviceId: string;
 }
 
 // Templates: 256 sets of 8 ways, up to 256 bytes each (512 KiB). A set is chosen by the first
@@ -248,16 +263,19 @@ const TEMPLATE_PROBE = 12;
 
 /**
  * Row templates: the bytes of an OBX from OBX-2 up to OBX-5 ("head"), from the end of OBX-5 up
- * to OBX-14 ("tail") and from the end of OBX-14 to the end of the segment ("rest"), with what
- * they mean. A monitor repeats its rows with only the value and the time changing, so a hit
- * replaces the field scan, three cache lookups and the search for the line end by three
- * comparisons, eight bytes at a time.
+ * to OBX-14 ("tail"), from the end of OBX-14 up to OBX-18 ("mid"), OBX-18 ("device") and from
+ * the end of OBX-18 to the end of the segment ("rest"), with what they mean. A monitor repeats
+ * its rows with only the value and the time changing, so a hit replaces the field scan, three
+ * cache lookups and the search for the line end by a few comparisons, eight bytes at a time. A
+ * row that differs in OBX-18 only still matches, with its device id left to the caller.
  */
 class TemplateCache {
   private readonly slab = new Uint8Array((TEMPLATE_WAYS << TEMPLATE_SET_BITS) * TEMPLATE_WIDTH);
   private readonly slabView = viewOf(this.slab);
   private readonly headLength = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS).fill(-1);
   private readonly tailLength = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS);
+  private readonly midLength = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS);
+  private readonly deviceLength = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS);
   private readonly restLength = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS);
   private readonly sigs = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS);
   private readonly values: (RowTemplate | undefined)[] = new Array<RowTemplate | undefined>(TEMPLATE_WAYS << TEMPLATE_SET_BITS).fill(undefined);
@@ -276,8 +294,8 @@ class TemplateCache {
    * first (the one that followed the previous row last time; rows come in the same order
    * message after message), -1 for none. `bound` limits the comparison: the segment end when it
    * is known, else the message end (the caller then checks the row really ends there). The
-   * parts not compared (OBX-5, OBX-14) are scanned up to a separator or a line break, so a hit
-   * never spans a CR or LF.
+   * parts not compared (OBX-5, OBX-14, OBX-18) are scanned up to a separator or a line break, so
+   * a hit never spans a CR or LF.
    */
   match(
     bytes: Uint8Array,
@@ -341,12 +359,7 @@ class TemplateCache {
     const base = k * TEMPLATE_WIDTH;
     if (!this.equal(base, bytes, view, at, hs, lh)) return -1;
     const vs = hs + lh;
-    let ve = vs;
-    while (ve < bound) {
-      const c = bytes[ve];
-      if (c === fs || c === 0x0d || c === 0x0a) break;
-      ve++;
-    }
+    const ve = fieldEnd(bytes, vs, bound, fs);
     const lt = this.tailLength[k]!;
     if (ve + lt > bound || !this.equal(base + lh, bytes, view, at, ve, lt)) return -1;
     const t = this.values[k]!;
@@ -362,20 +375,20 @@ class TemplateCache {
         te <= bound &&
         (te === bound || bytes[te] === fs || bytes[te] === 0x0d || bytes[te] === 0x0a) &&
         sameBytes(bytes, view, at, timeStart, ts, timeLength, timeLength);
-      if (!timeSame) {
-        te = ts;
-        while (te < bound) {
-          const c = bytes[te];
-          if (c === fs || c === 0x0d || c === 0x0a) break;
-          te++;
-        }
-      }
-      const lp = this.restLength[k]!;
-      if (te + lp > bound || !this.equal(base + lh + lt, bytes, view, at, te, lp)) return -1;
-      rowEnd = te + lp;
+      if (!timeSame) te = fieldEnd(bytes, ts, bound, fs);
+      const lm = this.midLength[k]!;
+      if (te + lm > bound || !this.equal(base + lh + lt, bytes, view, at, te, lm)) return -1;
+      rowEnd = te + lm;
     } else {
       // No OBX-14: the time range is empty (at the row end).
       ts = te = rowEnd;
+    }
+    if (t.hasDevice) {
+      rowEnd = this.matchDevice(k, base + lh + lt + this.midLength[k]!, bytes, view, at, rowEnd, bound, fs, t, row);
+      if (rowEnd < 0) return -1;
+    } else {
+      row.ds = row.de = rowEnd;
+      row.deviceId = '';
     }
     row.head = t.head;
     row.hs = hs;
@@ -386,41 +399,67 @@ class TemplateCache {
     row.ts = ts;
     row.te = te;
     row.timeSame = timeSame;
-    row.deviceId = t.deviceId;
     return rowEnd;
   }
 
-  /** Caches the row read by the slow path (only printable ASCII without the escape byte). */
-  store(
+  // OBX-18 starting at ds and the rest of the row, against entry k's (its bytes at slab offset
+  // dp): fills row.ds, row.de and row.deviceId (null for another device than the template's)
+  // and returns where the row ends, or -1.
+  private matchDevice(
+    k: number,
+    dp: number,
     bytes: Uint8Array,
     view: DataView,
     at: number,
-    hs: number,
-    vs: number,
-    ve: number,
-    ts: number,
-    te: number,
-    hasTime: boolean,
-    e0: number,
-    sig: number,
-    esc: number,
-    value: RowTemplate,
-  ): void {
+    ds: number,
+    bound: number,
+    fs: number,
+    t: RowTemplate,
+    row: RowParts,
+  ): number {
+    // Usually the device of the template's own row: try its bytes before scanning.
+    const ld = this.deviceLength[k]!;
+    let de = ds + ld;
+    if (de <= bound && (de === bound || bytes[de] === fs || bytes[de] === 0x0d || bytes[de] === 0x0a) && this.equal(dp, bytes, view, at, ds, ld)) {
+      row.deviceId = t.deviceId;
+    } else {
+      de = fieldEnd(bytes, ds, bound, fs);
+      row.deviceId = null;
+    }
+    const lr = this.restLength[k]!;
+    if (de + lr > bound || !this.equal(dp + ld, bytes, view, at, de, lr)) return -1;
+    row.ds = ds;
+    row.de = de;
+    return de + lr;
+  }
+
+  /**
+   * Caches the row read by the slow path, its parts located in `row` and ending at `e0` (only
+   * printable ASCII without the escape byte).
+   */
+  store(bytes: Uint8Array, view: DataView, at: number, row: RowParts, e0: number, sig: number, esc: number, value: RowTemplate): void {
+    const { hs, vs, ve, te, ds, de } = row;
     const lh = vs - hs;
-    const lt = (hasTime ? ts : e0) - ve;
-    const lp = hasTime ? e0 - te : 0;
+    const lt = (value.hasTime ? row.ts : e0) - ve;
+    const lm = value.hasTime ? (value.hasDevice ? ds : e0) - te : 0;
+    const ld = value.hasDevice ? de - ds : 0;
+    const lr = value.hasDevice ? e0 - de : 0;
     this.hit = -1;
-    if (lh < TEMPLATE_PROBE || lh + lt + lp > TEMPLATE_WIDTH) return;
-    if (!printable(bytes, hs, vs, esc) || !printable(bytes, ve, ve + lt, esc) || !printable(bytes, te, te + lp, esc)) return;
+    if (lh < TEMPLATE_PROBE || lh + lt + lm + ld + lr > TEMPLATE_WIDTH) return;
+    const parts = printable(bytes, hs, vs, esc) && printable(bytes, ve, ve + lt, esc) && printable(bytes, te, te + lm, esc);
+    if (!parts || !printable(bytes, ds, ds + ld + lr, esc)) return;
     const set = this.setOf(view, at + hs, sig);
     const k = this.victim(set);
     const base = k * TEMPLATE_WIDTH;
     this.slab.set(bytes.subarray(hs, vs), base);
     this.slab.set(bytes.subarray(ve, ve + lt), base + lh);
-    if (lp > 0) this.slab.set(bytes.subarray(te, e0), base + lh + lt);
+    this.slab.set(bytes.subarray(te, te + lm), base + lh + lt);
+    this.slab.set(bytes.subarray(ds, ds + ld + lr), base + lh + lt + lm);
     this.headLength[k] = lh;
     this.tailLength[k] = lt;
-    this.restLength[k] = lp;
+    this.midLength[k] = lm;
+    this.deviceLength[k] = ld;
+    this.restLength[k] = lr;
     this.sigs[k] = sig;
     this.values[k] = value;
     this.following[k] = -1;
@@ -488,12 +527,26 @@ function printable(bytes: Uint8Array, s: number, e: number, esc: number): boolea
   return true;
 }
 
+// Where the field starting at p ends: at the next separator or line break, else at `bound`.
+function fieldEnd(bytes: Uint8Array, p: number, bound: number, fs: number): number {
+  while (p < bound) {
+    const c = bytes[p];
+    if (c === fs || c === 0x0d || c === 0x0a) break;
+    p++;
+  }
+  return p;
+}
+
 const templates = new TemplateCache();
 const headCache = new RangeCache<RowHead>();
 // PV1-3 (ward/room/bed: not personal data) → location.
 const locationCache = new RangeCache<{ readonly location: string | null }>(10);
 const tailCache = new RangeCache<RowTail>();
-const deviceCache = new RangeCache<string>();
+// OBX-18 → device id. EUI-64s of one vendor differ in the middle only.
+const deviceCache = new RangeCache<string>(CACHE_BITS, true);
+// The last OBX-18 read, in any message (its bytes, cacheable like deviceCache's), and its id.
+const lastDevice = new ByteKeys(0, CACHE_KEY_BYTES);
+let lastDeviceId = '';
 
 // Per-call scratch (the decoder is synchronous and never re-entered).
 const rowSegment = new Hl7Segment();
@@ -654,6 +707,7 @@ export function clearPcd01Caches(): void {
   headCache.clear();
   tailCache.clear();
   deviceCache.clear();
+  lastDevice.clear();
   locationCache.clear();
   headerTemplates.clear();
 }
@@ -887,12 +941,13 @@ class MessageDecoder {
     // Rows without a value describe the device tree (MDS/VMD/CHAN): nothing to store, but their
     // OBX-18 names the device of the rows they contain.
     const hasValue = !isNull(bytes, vs, ve);
+    const equipment = row.deviceId ?? this.deviceOf(i, row.ds, row.de);
     if (!hasValue || head.devicePath) {
-      if (head.pathLength > 0 && this.devices < MAX_DEVICES && row.deviceId !== '') {
+      if (head.pathLength > 0 && this.devices < MAX_DEVICES && equipment !== '') {
         const d = this.devices++;
         devStarts[d] = hs + head.pathOffset;
         devEnds[d] = hs + head.pathOffset + head.deviceKeyLength;
-        devIds[d] = row.deviceId;
+        devIds[d] = equipment;
       }
       if (!hasValue) return;
     }
@@ -1032,7 +1087,7 @@ class MessageDecoder {
     }
 
     // PCD-01: OBX-18 equipment instance identifier, else the containing device row's, else MSH-3.
-    let deviceId = row.deviceId;
+    let deviceId = equipment;
     if (deviceId === '' && this.devices > 0 && head.pathLength > 0) {
       deviceId = containingDevice(bytes, hs + head.pathOffset, hs + head.pathOffset + head.pathLength, this.devices);
     }
@@ -1154,16 +1209,14 @@ class MessageDecoder {
     row.ts = hasTime ? fieldStart[14]! : e0;
     row.te = hasTime ? fieldStart[15]! - 1 : e0;
     row.timeSame = false;
-    row.deviceId = last >= 18 ? this.deviceOf(i) : '';
+    const hasDevice = last >= 18;
+    row.ds = hasDevice ? fieldStart[18]! : e0;
+    row.de = hasDevice ? fieldStart[19]! - 1 : e0;
+    row.deviceId = this.deviceOf(i, row.ds, row.de);
 
     if (last >= 5) {
-      templates.store(bytes, this.view, this.at, hs, row.vs, row.ve, row.ts, row.te, hasTime, e0, this.sig, this.esc, {
-        head,
-        unit: row.unit,
-        tailFlags: row.tailFlags,
-        deviceId: row.deviceId,
-        hasTime,
-      });
+      const deviceId = row.deviceId;
+      templates.store(bytes, this.view, this.at, row, e0, this.sig, this.esc, { head, unit: row.unit, tailFlags: row.tailFlags, hasTime, hasDevice, deviceId });
       this.follow(templates.hit);
     } else {
       this.prevTemplate = -1;
@@ -1179,17 +1232,19 @@ class MessageDecoder {
     return renderRepetition(this.msg, vs, e);
   }
 
-  // OBX-18 of segment i (EI-1, else EI-3), '' when empty; cached by the field's bytes.
-  private deviceOf(i: number): string {
-    const s = fieldStart[18]!;
-    const e = Math.min(fieldStart[19]! - 1, this.msg.segmentEnd(i));
+  // OBX-18 of segment i, bytes [s, e): EI-1, else EI-3, '' when empty. The rows of a message,
+  // and the messages of a monitor, name one device: the same bytes as the last OBX-18 give its
+  // id at once; otherwise it is cached by the field's bytes.
+  private deviceOf(i: number, s: number, e: number): string {
     if (e <= s) return '';
     const bytes = this.bytes;
+    if (lastDevice.matches(0, bytes, this.view, this.at, s, e, this.sig)) return lastDeviceId;
     let id = deviceCache.get(bytes, this.view, s, e, this.sig);
     if (id === undefined) {
       id = equipmentId(this.msg.segment(i, this.seg)!);
       deviceCache.set(bytes, s, e, this.sig, this.esc, id);
     }
+    if (printable(bytes, s, e, this.esc) && lastDevice.store(0, bytes, s, e, this.sig)) lastDeviceId = id;
     return id;
   }
 
@@ -1242,9 +1297,9 @@ function readTail(msg: Hl7Message, seg: Hl7Segment): RowTail {
   return { unit: seg.locate(6, 0, 0, 1) && seg.leafEnd > seg.leafStart ? unitOf(seg) : '', flags };
 }
 
-// bytes[a, a + n) equals bytes[b, b + m) (two ranges of one message). `a` must hold a parsed
-// HL7 time (digits, '.', '+', '-'): then its 8-byte words are never NaN nor ±0 as float64, and
-// === on the words is exact (see TemplateCache.equal).
+// bytes[a, a + n) equals bytes[b, b + m) (two ranges of one message). `a` must hold printable
+// ASCII (a parsed HL7 time, a remembered OBX-18): then its 8-byte words are never NaN nor ±0 as
+// float64, and === on the words is exact (see TemplateCache.equal).
 function sameBytes(bytes: Uint8Array, view: DataView, at: number, a: number, b: number, n: number, m: number): boolean {
   if (n !== m) return false;
   if (n >= 8) {

@@ -614,6 +614,32 @@ describe('decodePcd01: caches never change results', () => {
     ]);
   });
 
+  it('shares a row template between devices that differ in OBX-18 only, and gives each its own id', () => {
+    const hr = { 2: 'NM', 3: '147842^MDC_ECG_HEART_RATE^MDC', 4: '1.2.1.1', 5: '80', 6: '264864^MDC_DIM_BEAT_PER_MIN^MDC', 11: 'R', 14: '20261121101455+0100' };
+    const spo2 = { ...hr, 3: '150456^MDC_PULS_OXIM_SAT_O2^MDC', 4: '1.3.1.1', 5: '97', 6: '262688^MDC_DIM_PERCENT^MDC' };
+    const message = (devices: string[]) =>
+      Buffer.from([MSH, OBR, ...devices.flatMap((d, i) => [obx({ ...hr, 18: d }, 2 * i + 1), obx({ ...spo2, 18: d }, 2 * i + 2)])].join('\r'));
+    const messages = [
+      message(['02A0C0FFFE000001^^02A0C0FFFE000001^EUI-64']),
+      message(['02A0C0FFFE000002^^02A0C0FFFE000002^EUI-64']),
+      message(['02A0C0FFFE000002^^02A0C0FFFE000002^EUI-64', '02A0C0FFFE000001^^02A0C0FFFE000001^EUI-64', '']),
+      message(['^^02A0C0FFFE000003^EUI-64', 'X|extra', '02A0C0FFFE000001']),
+    ];
+    const cold = messages.map((m) => {
+      clearPcd01Caches();
+      return decodePcd01(m);
+    });
+    expect(cold.map((r) => r.measurements.map((m) => m.deviceId))).toEqual([
+      ['02A0C0FFFE000001', '02A0C0FFFE000001'],
+      ['02A0C0FFFE000002', '02A0C0FFFE000002'],
+      ['02A0C0FFFE000002', '02A0C0FFFE000002', '02A0C0FFFE000001', '02A0C0FFFE000001', '0012A1FFFE00B2C3', '0012A1FFFE00B2C3'],
+      ['02A0C0FFFE000003', '02A0C0FFFE000003', 'X', 'X', '02A0C0FFFE000001', '02A0C0FFFE000001'],
+    ]);
+    for (let round = 0; round < 3; round++) {
+      for (const [i, m] of messages.entries()) expect(decodePcd01(m), `round ${round} message ${i}`).toEqual(cold[i]);
+    }
+  });
+
   it('keeps apart more variants of one metric\'s row than a template set has ways', () => {
     // Same value type and code (so the same template set), different everything else.
     const variants: string[] = [];
