@@ -357,11 +357,11 @@ class TemplateCache {
     const lh = this.headLength[k]!;
     if (lh < 0 || this.sigs[k] !== sig || hs + lh > bound) return -1;
     const base = k * TEMPLATE_WIDTH;
-    if (!this.equal(base, bytes, view, at, hs, lh)) return -1;
+    if (!this.equal(base, view, at, hs, lh)) return -1;
     const vs = hs + lh;
     const ve = fieldEnd(bytes, vs, bound, fs);
     const lt = this.tailLength[k]!;
-    if (ve + lt > bound || !this.equal(base + lh, bytes, view, at, ve, lt)) return -1;
+    if (ve + lt > bound || !this.equal(base + lh, view, at, ve, lt)) return -1;
     const t = this.values[k]!;
     let ts = ve + lt;
     let te = ts;
@@ -377,7 +377,7 @@ class TemplateCache {
         sameBytes(bytes, view, at, timeStart, ts, timeLength, timeLength);
       if (!timeSame) te = fieldEnd(bytes, ts, bound, fs);
       const lm = this.midLength[k]!;
-      if (te + lm > bound || !this.equal(base + lh + lt, bytes, view, at, te, lm)) return -1;
+      if (te + lm > bound || !this.equal(base + lh + lt, view, at, te, lm)) return -1;
       rowEnd = te + lm;
     } else {
       // No OBX-14: the time range is empty (at the row end).
@@ -420,14 +420,14 @@ class TemplateCache {
     // Usually the device of the template's own row: try its bytes before scanning.
     const ld = this.deviceLength[k]!;
     let de = ds + ld;
-    if (de <= bound && (de === bound || bytes[de] === fs || bytes[de] === 0x0d || bytes[de] === 0x0a) && this.equal(dp, bytes, view, at, ds, ld)) {
+    if (de <= bound && (de === bound || bytes[de] === fs || bytes[de] === 0x0d || bytes[de] === 0x0a) && this.equal(dp, view, at, ds, ld)) {
       row.deviceId = t.deviceId;
     } else {
       de = fieldEnd(bytes, ds, bound, fs);
       row.deviceId = null;
     }
     const lr = this.restLength[k]!;
-    if (de + lr > bound || !this.equal(dp + ld, bytes, view, at, de, lr)) return -1;
+    if (de + lr > bound || !this.equal(dp + ld, view, at, de, lr)) return -1;
     row.ds = ds;
     row.de = de;
     return de + lr;
@@ -489,25 +489,9 @@ class TemplateCache {
     this.following.fill(-1);
   }
 
-  // slab[base, base + n) equals bytes[s, s + n) (`view` reads bytes[i] at at + i), eight bytes
-  // at a time; the last word overlaps the one before instead of a byte loop. Comparing the
-  // words as float64 is exact here: template bytes are printable ASCII (0x20–0x7e), so a slab
-  // word is never NaN (exponent bits all ones needs a 0x7f/0xff byte) nor ±0, and two doubles
-  // that are neither are === only when their bits are equal.
-  private equal(base: number, bytes: Uint8Array, view: DataView, at: number, s: number, n: number): boolean {
-    const slab = this.slabView;
-    const o = at + s;
-    if (n >= 8) {
-      const lastWord = n - 8;
-      for (let i = 0; i < lastWord; i += 8) if (slab.getFloat64(base + i, true) !== view.getFloat64(o + i, true)) return false;
-      return slab.getFloat64(base + lastWord, true) === view.getFloat64(o + lastWord, true);
-    }
-    if (n >= 4) {
-      return slab.getInt32(base, true) === view.getInt32(o, true) && slab.getInt32(base + n - 4, true) === view.getInt32(o + n - 4, true);
-    }
-    const raw = this.slab;
-    for (let i = 0; i < n; i++) if (raw[base + i] !== bytes[s + i]) return false;
-    return true;
+  // slab[base, base + n) equals bytes[s, s + n) (`view` reads bytes[i] at at + i).
+  private equal(base: number, view: DataView, at: number, s: number, n: number): boolean {
+    return slabEquals(this.slabView, base, view, at + s, n);
   }
 
   // The set of the row whose OBX-2 starts at hs: a hash of its first TEMPLATE_PROBE (12) bytes.
@@ -517,6 +501,24 @@ class TemplateCache {
     h = Math.imul(h ^ view.getInt32(o + 8, true), 0xc2b2ae35);
     return (h ^ (h >>> 16)) & ((1 << TEMPLATE_SET_BITS) - 1);
   }
+}
+
+// slab[base, base + n) equals the message bytes at view offset o, eight bytes at a time; the
+// last word overlaps the one before instead of a byte loop. Comparing the words as float64 is
+// exact here: slab bytes (templates) are printable ASCII (0x20–0x7e), so a slab word is never
+// NaN (exponent bits all ones needs a 0x7f/0xff byte) nor ±0, and two doubles that are neither
+// are === only when their bits are equal.
+function slabEquals(slab: DataView, base: number, view: DataView, o: number, n: number): boolean {
+  if (n >= 8) {
+    const lastWord = n - 8;
+    for (let i = 0; i < lastWord; i += 8) if (slab.getFloat64(base + i, true) !== view.getFloat64(o + i, true)) return false;
+    return slab.getFloat64(base + lastWord, true) === view.getFloat64(o + lastWord, true);
+  }
+  if (n >= 4) {
+    return slab.getInt32(base, true) === view.getInt32(o, true) && slab.getInt32(base + n - 4, true) === view.getInt32(o + n - 4, true);
+  }
+  for (let i = 0; i < n; i++) if (slab.getUint8(base + i) !== view.getUint8(o + i)) return false;
+  return true;
 }
 
 function printable(bytes: Uint8Array, s: number, e: number, esc: number): boolean {
@@ -675,16 +677,9 @@ class HeaderTemplates {
     return (h ^ (h >>> 16)) & ((1 << HEADER_BITS) - 1);
   }
 
-  // slab[base, base + n) equals the message bytes at view offset o, four bytes at a time.
+  // slab[base, base + n) equals the message bytes at view offset o.
   private equal(base: number, view: DataView, o: number, n: number): boolean {
-    const slab = this.slabView;
-    if (n < 4) {
-      for (let i = 0; i < n; i++) if (slab.getUint8(base + i) !== view.getUint8(o + i)) return false;
-      return true;
-    }
-    const lastWord = n - 4;
-    for (let i = 0; i < lastWord; i += 4) if (slab.getInt32(base + i, true) !== view.getInt32(o + i, true)) return false;
-    return slab.getInt32(base + lastWord, true) === view.getInt32(o + lastWord, true);
+    return slabEquals(this.slabView, base, view, o, n);
   }
 }
 
