@@ -847,6 +847,15 @@ class MessageDecoder {
     this.groupTime = header.messageTime;
     this.mshTimeStart = mshTime[0]!;
     this.mshTimeEnd = mshTime[1]!;
+    // Senders usually stamp their rows with the message time: MSH-7 is the first entry of the
+    // OBX-14 cache, so such a row needs no parse. MSH-7 was read in the configured zone; equal
+    // bytes still mean the same instant in `zone`, which differs only by MSH-7's own offset.
+    if (header.messageTime !== null && printable(this.bytes, this.mshTimeStart, this.mshTimeEnd, -1)) {
+      this.lastTimeStart = this.mshTimeStart;
+      this.lastTimeLength = this.mshTimeEnd - this.mshTimeStart;
+      this.lastTimeMs = header.messageTime.ms;
+      this.lastTimeTz = header.messageTime.tzOffset;
+    }
   }
 
   /** Clears the module-level device scratch (it may hold ids of this message). */

@@ -640,6 +640,19 @@ describe('decodePcd01: caches never change results', () => {
     }
   });
 
+  it('reads an OBX-14 equal to MSH-7 as it reads it when MSH-7 differs', () => {
+    // The decoder takes such a row's time from MSH-7's without parsing it again.
+    for (const offset of ['', '+0100', '-0500', '+0000']) {
+      for (const options of [undefined, { senderOffset: false }, { timezone: 'America/New_York' }]) {
+        const rows = (msh7: string) =>
+          decode([MSH.replace('20261121101455+0100', msh7), OBR, obx({ 2: 'NM', 3: '147842^MDC_ECG_HEART_RATE^MDC', 4: '1.2.1.1', 5: '80', 14: `20260329023000${offset}` })], options);
+        const same = rows(`20260329023000${offset}`).measurements[0]!;
+        const other = rows(`20260329023001${offset}`).measurements[0]!;
+        expect([same.time, same.tzOffset], `${offset} ${JSON.stringify(options)}`).toEqual([other.time, other.tzOffset]);
+      }
+    }
+  });
+
   it('keeps apart more variants of one metric\'s row than a template set has ways', () => {
     // Same value type and code (so the same template set), different everything else.
     const variants: string[] = [];
