@@ -584,7 +584,6 @@ export class Hl7Message {
   // it) and moves idxStart to the segment after it. False when the message has no more.
   private indexNext(): boolean {
     const b = this.bytes;
-    const fs = this.fs;
     const end = this.end;
     let segStart = this.idxStart;
     let pos = segStart;
@@ -604,23 +603,11 @@ export class Hl7Message {
       }
       const lineEnd = nextCr < nextLf ? nextCr : nextLf;
       // Fast path: one CR, then the next segment (HL7 v2.6 2.5.1 as MLLP senders write it).
-      const next = lineEnd + 1;
-      if (
-        next + 3 < end &&
-        b[lineEnd] === CR &&
-        ALNUM[b[next]!] === 1 &&
-        ALNUM[b[next + 1]!] === 1 &&
-        ALNUM[b[next + 2]!] === 1 &&
-        b[next + 3] === fs &&
-        flags === 0 &&
-        lineEnd > segStart &&
-        b[lineEnd - 1] !== SPACE &&
-        b[lineEnd - 1] !== TAB
-      ) {
+      if (flags === 0 && lineEnd > segStart && b[lineEnd - 1] !== SPACE && b[lineEnd - 1] !== TAB && this.startsSegmentAfterCr(lineEnd)) {
         const n = this.segs.length;
         this.segs[n] = segStart;
         this.segs[n + 1] = lineEnd;
-        this.idxStart = next;
+        this.idxStart = lineEnd + 1;
         return true;
       }
       const w = this.nextLineStart(lineEnd);
@@ -688,6 +675,13 @@ export class Hl7Message {
     return startsSegment ? w : -1;
   }
 
+  // The common line end: one CR, then a segment name and the field separator.
+  private startsSegmentAfterCr(lineEnd: number): boolean {
+    const b = this.bytes;
+    const next = lineEnd + 1;
+    return next + 3 < this.end && b[lineEnd] === CR && ALNUM[b[next]!] === 1 && ALNUM[b[next + 1]!] === 1 && ALNUM[b[next + 2]!] === 1 && b[next + 3] === this.fs;
+  }
+
   private indexTo(index: number): void {
     while (this.segs.length <= 2 * index + 1 && this.idxStart < this.end && this.indexNext());
   }
@@ -723,7 +717,7 @@ export class Hl7Message {
     if (end < this.end && b[end] !== CR && b[end] !== LF) return false;
     const last = b[end - 1];
     if (last === SPACE || last === TAB) return false;
-    const w = this.nextLineStart(end);
+    const w = this.startsSegmentAfterCr(end) ? end + 1 : this.nextLineStart(end);
     if (w < 0) return false;
     const n = this.segs.length;
     this.segs[n] = start;
