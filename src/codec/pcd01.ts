@@ -14,7 +14,7 @@
  * row is scanned field by field (four bytes at a time) and read. Numbers are parsed from the
  * bytes, OBX-14 is parsed once per distinct value in a message, strings come from caches, and
  * each row costs one Measurement object. The caches are keyed by exact bytes plus the message's
- * delimiters, bounded (about 1.5 MiB) and never change a result (tests decode with them cold and
+ * delimiters, bounded (about 2 MiB) and never change a result (tests decode with them cold and
  * warm).
  *
  * Spec: IHE PCD TF-2 (Rev. 9) §3.1 and Appendix B (OBX-3/4/6/18 in PCD messages), HL7 v2.6
@@ -252,6 +252,41 @@ interface RowTemplate {
   readonly deviceId: string;
 }
 
+/**
+ * Which entry of a set-associative cache to replace: the least recently used one of its set
+ * (never used or cleared entries first). A row whose tail changed (an OBX-8 flag that comes and
+ * goes) thus gets a way of its own, and both variants stay. Uses are counted in a double: exact
+ * far beyond any uptime.
+ */
+class LruWays {
+  private readonly lastUse: Float64Array;
+  private uses = 0;
+
+  constructor(
+    entries: number,
+    private readonly ways: number,
+  ) {
+    this.lastUse = new Float64Array(entries);
+  }
+
+  /** Marks entry `k` as just used. */
+  touch(k: number): void {
+    this.lastUse[k] = ++this.uses;
+  }
+
+  /** The least recently used entry of `set` (entries `set × ways` to `set × ways + ways - 1`). */
+  victim(set: number): number {
+    const first = set * this.ways;
+    let oldest = first;
+    for (let k = first + 1; k < first + this.ways; k++) if (this.lastUse[k]! < this.lastUse[oldest]!) oldest = k;
+    return oldest;
+  }
+
+  clear(): void {
+    this.lastUse.fill(0);
+  }
+}
+
 // Templates: 256 sets of 8 ways, up to 256 bytes each (512 KiB). A set is chosen by the first
 // TEMPLATE_PROBE bytes of OBX-2.. (value type, start of the code), so one metric's rows from
 // differently configured senders (other containment, unit, status) share a set: eight ways keep
@@ -279,10 +314,7 @@ class TemplateCache {
   private readonly restLength = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS);
   private readonly sigs = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS);
   private readonly values: (RowTemplate | undefined)[] = new Array<RowTemplate | undefined>(TEMPLATE_WAYS << TEMPLATE_SET_BITS).fill(undefined);
-  // Per entry: when it was last matched or stored, in `uses` (the least recently used way of a
-  // set is replaced). A double counts exactly far beyond any uptime.
-  private readonly lastUse = new Float64Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS);
-  private uses = 0;
+  private readonly lru = new LruWays(TEMPLATE_WAYS << TEMPLATE_SET_BITS, TEMPLATE_WAYS);
   // Per entry: the entry of the row that came next last time (-1: unknown).
   private readonly following = new Int32Array(TEMPLATE_WAYS << TEMPLATE_SET_BITS).fill(-1);
   /** The entry of the last successful `match`, or of the last `store` (-1: none). */
@@ -449,7 +481,7 @@ class TemplateCache {
     const parts = printable(bytes, hs, vs, esc) && printable(bytes, ve, ve + lt, esc) && printable(bytes, te, te + lm, esc);
     if (!parts || !printable(bytes, ds, ds + ld + lr, esc)) return;
     const set = this.setOf(view, at + hs, sig);
-    const k = this.victim(set);
+    const k = this.lru.victim(set);
     const base = k * TEMPLATE_WIDTH;
     this.slab.set(bytes.subarray(hs, vs), base);
     this.slab.set(bytes.subarray(ve, ve + lt), base + lh);
@@ -468,25 +500,14 @@ class TemplateCache {
 
   private use(k: number): void {
     this.hit = k;
-    this.lastUse[k] = ++this.uses;
-  }
-
-  // The entry of `set` to overwrite: an empty way, else the least recently used. A row whose
-  // tail changed (an OBX-8 flag that comes and goes, another sender's OBX-11) gets a way of its
-  // own: both variants stay in use.
-  private victim(set: number): number {
-    let oldest = set * TEMPLATE_WAYS;
-    for (let k = oldest; k < (set + 1) * TEMPLATE_WAYS; k++) {
-      if (this.headLength[k]! < 0) return k;
-      if (this.lastUse[k]! < this.lastUse[oldest]!) oldest = k;
-    }
-    return oldest;
+    this.lru.touch(k);
   }
 
   clear(): void {
     this.headLength.fill(-1);
     this.values.fill(undefined);
     this.following.fill(-1);
+    this.lru.clear();
   }
 
   // slab[base, base + n) equals bytes[s, s + n) (`view` reads bytes[i] at at + i).
@@ -597,53 +618,43 @@ interface HeaderParts {
   readonly trailer: TrailerPart;
 }
 
-// Header templates: 256 entries of up to 512 bytes (128 KiB); senders are few.
-const HEADER_BITS = 8;
+// Header templates: 128 sets of 8 ways, up to 512 bytes each (512 KiB). A set is chosen by all
+// of MSH-3, which in PCD-01 names the sending device by its EUI-64: a ward of monitors has as
+// many headers as monitors, alike up to the EUI-64.
+const HEADER_SET_BITS = 7;
+const HEADER_WAYS = 8;
 const HEADER_WIDTH = 512;
-const HEADER_PROBE = 12;
 
 /**
  * MSH templates: the bytes from MSH-3 to MSH-7, from MSH-7 to MSH-10 and from MSH-10 to the end
  * of MSH, with what they mean. Consecutive messages of a sender differ in MSH-7 and MSH-10 only.
  */
 class HeaderTemplates {
-  private readonly slab = new Uint8Array((1 << HEADER_BITS) * HEADER_WIDTH);
+  private readonly slab = new Uint8Array((HEADER_WAYS << HEADER_SET_BITS) * HEADER_WIDTH);
   private readonly slabView = viewOf(this.slab);
   // Per entry: lengths of the three parts (-1: empty entry).
-  private readonly lengths = new Int32Array(3 << HEADER_BITS).fill(-1);
-  private readonly sigs = new Int32Array(1 << HEADER_BITS);
-  private readonly values: (HeaderParts | undefined)[] = new Array<HeaderParts | undefined>(1 << HEADER_BITS).fill(undefined);
+  private readonly lengths = new Int32Array(3 * (HEADER_WAYS << HEADER_SET_BITS)).fill(-1);
+  private readonly sigs = new Int32Array(HEADER_WAYS << HEADER_SET_BITS);
+  private readonly values: (HeaderParts | undefined)[] = new Array<HeaderParts | undefined>(HEADER_WAYS << HEADER_SET_BITS).fill(undefined);
+  private readonly lru = new LruWays(HEADER_WAYS << HEADER_SET_BITS, HEADER_WAYS);
 
   /**
    * The parts of the MSH whose MSH-3 starts at `a0` and that ends at `end`, when a template
    * matches; `ranges` then holds MSH-7 and MSH-10 as [start7, end7, start10, end10].
    */
   match(bytes: Uint8Array, view: DataView, at: number, a0: number, end: number, sig: number, fs: number, ranges: Int32Array): HeaderParts | undefined {
-    if (end - a0 < HEADER_PROBE) return undefined;
-    const k = this.slotOf(view, at + a0, sig);
-    const la = this.lengths[3 * k]!;
-    if (la < 0 || this.sigs[k] !== sig || a0 + la > end) return undefined;
-    const base = k * HEADER_WIDTH;
-    if (!this.equal(base, view, at + a0, la)) return undefined;
-    const s7 = a0 + la;
-    let e7 = s7;
-    while (e7 < end && bytes[e7] !== fs) e7++;
-    const lb = this.lengths[3 * k + 1]!;
-    if (e7 + lb > end || !this.equal(base + la, view, at + e7, lb)) return undefined;
-    const s10 = e7 + lb;
-    let e10 = s10;
-    while (e10 < end && bytes[e10] !== fs) e10++;
-    const lc = this.lengths[3 * k + 2]!;
-    if (e10 + lc !== end || !this.equal(base + la + lb, view, at + e10, lc)) return undefined;
-    ranges[0] = s7;
-    ranges[1] = e7;
-    ranges[2] = s10;
-    ranges[3] = e10;
-    return this.values[k];
+    const first = this.setOf(bytes, a0, end, sig, fs) * HEADER_WAYS;
+    for (let k = first; k < first + HEADER_WAYS; k++) {
+      if (this.matches(k, bytes, view, at, a0, end, sig, fs, ranges)) {
+        this.lru.touch(k);
+        return this.values[k];
+      }
+    }
+    return undefined;
   }
 
   /** Caches the MSH read by the slow path (only printable ASCII without the escape byte). */
-  store(bytes: Uint8Array, view: DataView, at: number, a0: number, ranges: Int32Array, end: number, sig: number, esc: number, value: HeaderParts): void {
+  store(bytes: Uint8Array, a0: number, ranges: Int32Array, end: number, sig: number, fs: number, esc: number, value: HeaderParts): void {
     const s7 = ranges[0]!;
     const e7 = ranges[1]!;
     const s10 = ranges[2]!;
@@ -651,9 +662,9 @@ class HeaderTemplates {
     const la = s7 - a0;
     const lb = s10 - e7;
     const lc = end - e10;
-    if (la < HEADER_PROBE || la + lb + lc > HEADER_WIDTH) return;
+    if (la + lb + lc > HEADER_WIDTH) return;
     if (!printable(bytes, a0, s7, esc) || !printable(bytes, e7, s10, esc) || !printable(bytes, e10, end, esc)) return;
-    const k = this.slotOf(view, at + a0, sig);
+    const k = this.lru.victim(this.setOf(bytes, a0, end, sig, fs));
     const base = k * HEADER_WIDTH;
     this.slab.set(bytes.subarray(a0, s7), base);
     this.slab.set(bytes.subarray(e7, s10), base + la);
@@ -663,18 +674,43 @@ class HeaderTemplates {
     this.lengths[3 * k + 2] = lc;
     this.sigs[k] = sig;
     this.values[k] = value;
+    this.lru.touch(k);
   }
 
   clear(): void {
     this.lengths.fill(-1);
     this.values.fill(undefined);
+    this.lru.clear();
   }
 
-  private slotOf(view: DataView, o: number, sig: number): number {
-    let h = Math.imul(view.getInt32(o, true) ^ sig, 0x9e3779b1);
-    h = Math.imul(h ^ view.getInt32(o + 4, true), 0x85ebca6b);
-    h = Math.imul(h ^ view.getInt32(o + 8, true), 0xc2b2ae35);
-    return (h ^ (h >>> 16)) & ((1 << HEADER_BITS) - 1);
+  // Entry k holds the MSH at a0..end (all but MSH-7 and MSH-10, whose ranges go to `ranges`).
+  private matches(k: number, bytes: Uint8Array, view: DataView, at: number, a0: number, end: number, sig: number, fs: number, ranges: Int32Array): boolean {
+    const la = this.lengths[3 * k]!;
+    if (la < 0 || this.sigs[k] !== sig || a0 + la > end) return false;
+    const base = k * HEADER_WIDTH;
+    if (!this.equal(base, view, at + a0, la)) return false;
+    const s7 = a0 + la;
+    let e7 = s7;
+    while (e7 < end && bytes[e7] !== fs) e7++;
+    const lb = this.lengths[3 * k + 1]!;
+    if (e7 + lb > end || !this.equal(base + la, view, at + e7, lb)) return false;
+    const s10 = e7 + lb;
+    let e10 = s10;
+    while (e10 < end && bytes[e10] !== fs) e10++;
+    const lc = this.lengths[3 * k + 2]!;
+    if (e10 + lc !== end || !this.equal(base + la + lb, view, at + e10, lc)) return false;
+    ranges[0] = s7;
+    ranges[1] = e7;
+    ranges[2] = s10;
+    ranges[3] = e10;
+    return true;
+  }
+
+  // The set of the MSH whose MSH-3 starts at a0: a hash of every byte of MSH-3.
+  private setOf(bytes: Uint8Array, a0: number, end: number, sig: number, fs: number): number {
+    let h = Math.imul(sig, 0x9e3779b1);
+    for (let i = a0; i < end && bytes[i] !== fs; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193);
+    return (h ^ (h >>> 16)) & ((1 << HEADER_SET_BITS) - 1);
   }
 
   // slab[base, base + n) equals the message bytes at view offset o.
@@ -695,7 +731,7 @@ const mshTime = new Int32Array(2);
 /**
  * Drops the decoder's caches (row templates and the interpretations of repeated field bytes).
  * Decoding is correct without them, only slower until they refill. For tests; the caches are
- * bounded (about 1.5 MiB of slabs, allocated once) and need no clearing in production.
+ * bounded (about 2 MiB of slabs, allocated once) and need no clearing in production.
  */
 export function clearPcd01Caches(): void {
   templates.clear();
@@ -1403,7 +1439,7 @@ function readHeader(msg: Hl7Message, msh: Hl7Segment, zone: TimeZoneRule, proble
     mshRanges[2] = has10 ? msh.leafStart : end;
     mshRanges[3] = has10 ? msh.leafEnd : end;
     if (has7 && has10 && msh.fieldRange(3) && msh.leafStart === a0) {
-      headerTemplates.store(bytes, msg.view, msg.viewOffset, a0, mshRanges, end, sig, msg.es, parts);
+      headerTemplates.store(bytes, a0, mshRanges, end, sig, fs, msg.es, parts);
     }
   }
   const { sender, type, trailer } = parts;

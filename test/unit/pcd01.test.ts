@@ -653,6 +653,23 @@ describe('decodePcd01: caches never change results', () => {
     }
   });
 
+  it('keeps the header of each of many senders that differ in the EUI-64 of MSH-3 only', () => {
+    const hr = obx({ 2: 'NM', 3: '147842^MDC_ECG_HEART_RATE^MDC', 4: '1.2.1.1', 5: '80', 6: '264864^MDC_DIM_BEAT_PER_MIN^MDC', 11: 'R' });
+    const messages = Array.from({ length: 40 }, (_, i) => {
+      const eui = `02A0C0FFFE${String(i).padStart(6, '0')}`;
+      const msh = MSH.replace('0012A1FFFE00B2C3', eui).replace('|T-1|', `|T-${i}|`).replace('|P|', i % 7 === 0 ? '|T|' : '|P|');
+      return Buffer.from([msh, OBR, hr].join('\r'));
+    });
+    const cold = messages.map((m) => {
+      clearPcd01Caches();
+      return decodePcd01(m);
+    });
+    expect(cold.map((r) => [r.header?.eui64, r.header?.controlId, r.measurements[0]!.deviceId])[3]).toEqual(['02A0C0FFFE000003', 'T-3', '02A0C0FFFE000003']);
+    for (let round = 0; round < 3; round++) {
+      for (const [i, m] of messages.entries()) expect(decodePcd01(m), `round ${round} message ${i}`).toEqual(cold[i]);
+    }
+  });
+
   it('keeps apart more variants of one metric\'s row than a template set has ways', () => {
     // Same value type and code (so the same template set), different everything else.
     const variants: string[] = [];
