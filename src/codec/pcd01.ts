@@ -10,8 +10,9 @@
  *
  * Hot path (bench/codec.bench.ts, results in bench/RESULTS.md): a monitor repeats its rows with
  * only OBX-1, the value and the time changing, so each OBX is first compared, eight bytes at a
- * time, with a cached row template (everything but OBX-1/5/14, with what it means); only a new
- * row is scanned field by field (four bytes at a time) and read. Numbers are parsed from the
+ * time, with a cached row template (everything but OBX-1/5/14/18, with what it means: monitors
+ * of one model, which differ in the OBX-18 device id only, share them); only a new row is
+ * scanned field by field (four bytes at a time) and read. Numbers are parsed from the
  * bytes, OBX-14 is parsed once per distinct value in a message, strings come from caches, and
  * each row costs one Measurement object. The caches are keyed by exact bytes plus the message's
  * delimiters, bounded (about 2 MiB) and never change a result (tests decode with them cold and
