@@ -9,15 +9,18 @@
  * reports committed messages and readings per second, the commit latency, how busy the event
  * loop was (what the drivers have left for sockets and decoding) and the process CPU (event
  * loop + writer thread). Many devices make the store's (device, time) index take one insertion
- * point per device, which is what a ward of monitors costs.
+ * point per device, which is what a ward of monitors costs. It also reports what a group costs
+ * to cross to the writer thread, as objects and as `encodeGroup` sends it.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
+import { deserialize, serialize } from 'node:v8';
 import { CPR_SYSTEM } from '../src/model/measurement.js';
 import type { Observation } from '../src/model/observation.js';
+import { encodeGroup } from '../src/store/commit-group.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 import type { CommitUnit } from '../src/store/store.js';
 
@@ -69,6 +72,28 @@ function message(device: number, seq: number): CommitUnit {
   return { received: Date.now(), source: 'bench', message: { sender: deviceId, controlId: `M${seq}`, digest: 'd' }, observations, deadLetters: [] };
 }
 
+/**
+ * What a group costs to cross to the writer thread (CPU µs per message): posting serializes it
+ * on the event loop, the writer deserializes it. CommitUnits as they are (objects) against
+ * `encodeGroup` (flat values and a string table), on 250 messages from as many devices.
+ */
+function crossingCost(): { objects: [number, number]; encoded: [number, number] } {
+  const units = Array.from({ length: 250 }, (_, i) => message(i % devices, i));
+  const cpuMicros = (f: () => unknown): number => {
+    for (let i = 0; i < 20; i++) f();
+    const c = process.cpuUsage();
+    for (let i = 0; i < 200; i++) f();
+    const u = process.cpuUsage(c);
+    return (u.user + u.system) / 200 / units.length;
+  };
+  const side = (make: () => unknown): [number, number] => {
+    const bytes = serialize(make());
+    return [cpuMicros(() => serialize(make())), cpuMicros(() => deserialize(bytes))];
+  };
+  return { objects: side(() => units), encoded: side(() => encodeGroup(units)) };
+}
+const crossing = crossingCost();
+
 const dir = mkdtempSync(join(tmpdir(), 'mdi-store-bench-'));
 const store = new SqliteStore({ file: join(dir, 'mdi.sqlite'), synchronous });
 const latencies: number[] = [];
@@ -114,3 +139,8 @@ console.log('|---:|---:|---:|---:|---:|---:|---:|');
 console.log(
   `| ${devices} | ${(committed / elapsed).toFixed(0)} | ${((committed * rowsPerMessage) / elapsed).toFixed(0)} | ${q(0.5).toFixed(1)} | ${q(0.99).toFixed(1)} | ${(elu * 100).toFixed(0)} % | ${(((cpu.user + cpu.system) / 1e6 / elapsed) * 100).toFixed(0)} % |`,
 );
+console.log('\nCrossing to the writer thread, CPU µs per message (post = serialize on the event loop, read = deserialize in the writer):\n');
+console.log('| group as | post µs | read µs |');
+console.log('|---|---:|---:|');
+console.log(`| CommitUnit objects | ${crossing.objects[0].toFixed(1)} | ${crossing.objects[1].toFixed(1)} |`);
+console.log(`| encodeGroup (flat values + string table) | ${crossing.encoded[0].toFixed(1)} | ${crossing.encoded[1].toFixed(1)} |`);

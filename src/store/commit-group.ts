@@ -5,56 +5,78 @@ import type { CommitResult, CommitUnit } from './store.js';
  * A group of CommitUnits as it crosses from the event loop to the store's writer thread, and
  * the code on the writer's side that applies it in one transaction.
  *
- * The units travel as one flat array of primitives: structured clone copies an object's keys
- * with every object, so 20 readings as objects cost 25 µs to post and 41 µs to read back, the
- * same values in a row 15 µs and 24 µs (bench/RESULTS.md, "Store writer thread"). The layout:
+ * The units travel as one flat array of primitives, and the strings that repeat (device,
+ * metric, unit, patient, …) once each in a table the array points into: structured clone
+ * copies an object's keys with every object and allocates every string again on the other
+ * side (bench/store.bench.ts measures both ways; figures in bench/RESULTS.md).
+ * The layout of `values` (`→` marks an index into `strings`, -1 for null):
  *
- *   per unit:     received, source, sender|null, controlId, digest, observations n, dead letters m
+ *   per unit:     received, →source, →sender, controlId, digest, observations n, dead letters m
  *   n times:      OBSERVATION_VALUES values, in the column order of the INSERT
  *   m times:      code, reason, location, controlId, raw (Uint8Array)
  */
-export type EncodedGroup = unknown[];
+export interface EncodedGroup {
+  readonly values: unknown[];
+  readonly strings: string[];
+}
 
 /** Per unit of a group, in order: [stored, deadLetters, duplicate 0|1, previouslyStored]. */
 export type EncodedResults = number[];
 
 /** Values per observation in an EncodedGroup; the writer adds message_id and received. */
 const OBSERVATION_VALUES = 16;
+/**
+ * Which of an observation's values are string-table indexes (bit k: value k): device, system,
+ * vendor code, metric, text, unit, LOINC, containment, patient system and value, location.
+ */
+const INTERNED = 0b1111_0111_0111_0100;
 /** Columns of an observations INSERT row. */
 const COLUMNS = OBSERVATION_VALUES + 2;
 /** Rows per INSERT statement: 16-row statements insert 1.7× faster than one-row ones (bench/RESULTS.md). */
 const ROWS_PER_INSERT = 16;
 
-/** Appends `units` to `out` in the EncodedGroup layout. */
-export function encodeGroup(units: readonly CommitUnit[], out: EncodedGroup = []): EncodedGroup {
+/** `units` in the EncodedGroup layout. */
+export function encodeGroup(units: readonly CommitUnit[]): EncodedGroup {
+  const values: unknown[] = [];
+  const strings: string[] = [];
+  const ids = new Map<string, number>();
+  const id = (text: string | null): number => {
+    if (text === null) return -1;
+    let k = ids.get(text);
+    if (k === undefined) {
+      k = strings.push(text) - 1;
+      ids.set(text, k);
+    }
+    return k;
+  };
   for (const u of units) {
     const m = u.message;
-    out.push(u.received, u.source, m === null ? null : m.sender, m === null ? null : m.controlId, m === null ? null : m.digest);
-    out.push(u.observations.length, u.deadLetters.length);
+    values.push(u.received, id(u.source), id(m === null ? null : m.sender), m === null ? null : m.controlId, m === null ? null : m.digest);
+    values.push(u.observations.length, u.deadLetters.length);
     for (const o of u.observations) {
-      out.push(
+      values.push(
         o.time,
         o.tzOffset,
-        o.deviceId,
+        id(o.deviceId),
         o.code,
-        o.system,
-        o.vendorCode,
-        o.metric,
+        id(o.system),
+        id(o.vendorCode),
+        id(o.metric),
         // SQLite has no NaN: "no numeric value" is NULL.
         Number.isNaN(o.value) ? null : o.value,
-        o.text,
-        o.unit,
-        o.loinc,
+        id(o.text),
+        id(o.unit),
+        id(o.loinc),
         o.flags,
-        o.containment,
-        o.patient === null ? null : o.patient.system,
-        o.patient === null ? null : o.patient.value,
-        o.location,
+        id(o.containment),
+        id(o.patient === null ? null : o.patient.system),
+        id(o.patient === null ? null : o.patient.value),
+        id(o.location),
       );
     }
-    for (const d of u.deadLetters) out.push(d.code, d.reason, d.location, d.controlId, d.raw);
+    for (const d of u.deadLetters) values.push(d.code, d.reason, d.location, d.controlId, d.raw);
   }
-  return out;
+  return { values, strings };
 }
 
 /** The results of `units` from what the writer answered. */
@@ -102,16 +124,16 @@ export class GroupApplier {
     this.apply = db.transaction((group: EncodedGroup) => {
       const results: EncodedResults = [];
       let at = 0;
-      while (at < group.length) at = this.applyUnit(group, at, results);
+      while (at < group.values.length) at = this.applyUnit(group, at, results);
       return results;
     });
   }
 
   /** Applies the unit encoded at `at`; appends its result; returns where the next unit starts. */
-  private applyUnit(g: EncodedGroup, at: number, results: EncodedResults): number {
+  private applyUnit({ values: g, strings }: EncodedGroup, at: number, results: EncodedResults): number {
     const received = g[at] as number;
-    const source = g[at + 1] as string;
-    const sender = g[at + 2] as string | null;
+    const source = strings[g[at + 1] as number]!;
+    const sender = (g[at + 2] as number) < 0 ? null : strings[g[at + 2] as number]!;
     const controlId = g[at + 3] as string;
     const digest = g[at + 4] as string;
     const n = g[at + 5] as number;
@@ -132,12 +154,14 @@ export class GroupApplier {
     let i = 0;
     const params = this.rowParams;
     for (; i + ROWS_PER_INSERT <= n; i += ROWS_PER_INSERT) {
-      for (let r = 0; r < ROWS_PER_INSERT; r++) fillRow(params, r * COLUMNS, g, rows + (i + r) * OBSERVATION_VALUES, messageId, received);
+      for (let r = 0; r < ROWS_PER_INSERT; r++) {
+        fillRow(params, r * COLUMNS, g, strings, rows + (i + r) * OBSERVATION_VALUES, messageId, received);
+      }
       this.insertObservations.run(params);
     }
     const one = this.oneRowParams;
     for (; i < n; i++) {
-      fillRow(one, 0, g, rows + i * OBSERVATION_VALUES, messageId, received);
+      fillRow(one, 0, g, strings, rows + i * OBSERVATION_VALUES, messageId, received);
       this.insertObservation.run(one);
     }
     for (let d = rows + n * OBSERVATION_VALUES; d < next; d += 5) {
@@ -150,8 +174,19 @@ export class GroupApplier {
   }
 }
 
-function fillRow(params: unknown[], at: number, g: EncodedGroup, from: number, messageId: number | bigint | null, received: number): void {
-  for (let k = 0; k < OBSERVATION_VALUES; k++) params[at + k] = g[from + k];
+function fillRow(
+  params: unknown[],
+  at: number,
+  g: readonly unknown[],
+  strings: readonly string[],
+  from: number,
+  messageId: number | bigint | null,
+  received: number,
+): void {
+  for (let k = 0; k < OBSERVATION_VALUES; k++) {
+    const v = g[from + k];
+    params[at + k] = (INTERNED >> k) & 1 ? ((v as number) < 0 ? null : strings[v as number]) : v;
+  }
   params[at + OBSERVATION_VALUES] = messageId;
   params[at + OBSERVATION_VALUES + 1] = received;
 }
