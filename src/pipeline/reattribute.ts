@@ -24,6 +24,8 @@ export interface ReattributeStore {
   database(): Database.Database;
   /** Resolves once every reading submitted so far is committed (or failed). */
   settled(): Promise<void>;
+  /** Runs a write when it need not wait for the store's write lock. */
+  exclusive<T>(fn: () => T): Promise<T>;
   reattribute(
     devices: readonly string[],
     from: number,
@@ -146,7 +148,7 @@ export class Reattributor {
     if (this.s.next.get() === undefined) return false;
     // Asked after the job exists: covers every reading submitted before its change.
     await this.deps.store.settled();
-    return this.step();
+    return this.deps.store.exclusive(() => this.step());
   }
 
   /** One slice of the oldest job. @returns whether there may be more work. */

@@ -36,6 +36,8 @@ export interface RepublishStore {
   observationsAfter(afterId: number, limit: number): StoredObservation[];
   cursor(name: string): number;
   setCursor(name: string, position: number): void;
+  /** Runs a write (the cursor move) when it need not wait for the store's write lock. */
+  exclusive<T>(fn: () => T): Promise<T>;
 }
 
 /** Settings (`mqtt.republish`). */
@@ -207,7 +209,8 @@ export class MqttRepublisher {
       // older late reading is republished once).
       if (this.lastTime.size > 100_000) this.lastTime.clear();
       for (const [topic, o] of latest) this.lastTime.set(topic, o.time);
-      this.store.setCursor(REPUBLISH_CURSOR, rows[rows.length - 1]!.id);
+      const last = rows[rows.length - 1]!.id;
+      await this.store.exclusive(() => this.store.setCursor(REPUBLISH_CURSOR, last));
     } catch (err) {
       this.counters.failures++;
       this.lastError = ErrorCode.MQTT_DISCONNECTED;

@@ -120,6 +120,8 @@ export class SqliteStore implements Store {
   private writing = false;
   /** The promise of the newest unit submitted: settled means all before it are too. */
   private last: Promise<unknown> = Promise.resolve();
+  /** Writes on this thread's connection waiting for the writer to let go of the lock. */
+  private readonly exclusives: (() => void)[] = [];
   private closed = false;
   private readonly pseudonymKey: Buffer;
   private readonly statements;
@@ -191,6 +193,26 @@ export class SqliteStore implements Store {
     );
   }
 
+  /**
+   * Runs `fn`, a write on this thread's connection (`database()`, cursors), while the writer
+   * thread holds no lock: now when it is idle, else as soon as its group is answered and before
+   * the next one goes. A periodic write (a feeder's cursor, an outbox pass) then never waits
+   * for SQLite's lock with the event loop stopped; it waits here, and the sockets go on.
+   */
+  exclusive<T>(fn: () => T): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const run = () => {
+        try {
+          resolve(fn());
+        } catch (err) {
+          reject(err as Error);
+        }
+      };
+      if (this.writing) this.exclusives.push(run);
+      else run();
+    });
+  }
+
   /** Hands what is pending to the writer as one group, unless a group is with it already. */
   private flush(): void {
     this.flushScheduled = false;
@@ -210,6 +232,7 @@ export class SqliteStore implements Store {
       },
     ).finally(() => {
       this.writing = false;
+      for (const run of this.exclusives.splice(0)) run();
       // What arrived meanwhile is the next group, at once: it has waited long enough.
       this.flush();
     });

@@ -64,6 +64,8 @@ export interface Store {
   observationsAfter(afterId: number, limit: number): StoredObservation[];
   cursor(name: string): number;
   setCursor(name: string, position: number): void;
+  /** Runs `fn` (a write of this thread's own) when it cannot wait for the store's write lock. */
+  exclusive<T>(fn: () => T): Promise<T>;
   pseudonym(patient: PatientId): string;
   close(): Promise<void>;
 }

@@ -162,6 +162,23 @@ describe('SqliteStore writer thread', () => {
     expect(store.lastObservationId()).toBe(1000);
   });
 
+  it('exclusive() runs a write of this thread only while the writer holds no lock', async () => {
+    const { store } = open();
+    expect(await store.exclusive(() => 'at once')).toBe('at once'); // idle writer
+    void store.commit(unit(1));
+    await new Promise((r) => setImmediate(r)); // the group is with the writer now
+    let ran = false;
+    const seen = store.exclusive(() => {
+      ran = true;
+      store.setCursor('feeder', 1);
+      return store.counts().observations;
+    });
+    expect(ran).toBe(false);
+    expect(await seen).toBe(1); // after the group was committed, before any next one
+    expect(store.cursor('feeder')).toBe(1);
+    await expect(store.exclusive(() => JSON.parse('{'))).rejects.toThrow(SyntaxError);
+  });
+
   it('settled() waits for everything submitted before it', async () => {
     const { store } = open();
     for (let i = 0; i < 100; i++) void store.commit(unit(i));

@@ -239,7 +239,7 @@ class Charting implements FhirCharting {
     const recovered = this.outbox.recover();
     if (this.options.ephemeralEpj) this.outbox.forgetDevices(this.baseUrl);
     this.maintain();
-    this.maintainTimer = setInterval(() => this.maintain(), MAINTAIN_EVERY_MS);
+    this.maintainTimer = setInterval(() => this.whenUnlocked(() => this.maintain()), MAINTAIN_EVERY_MS);
     this.maintainTimer.unref();
     this.log.info(
       { baseUrl: this.baseUrl, depth: this.outbox.depth(), recovered, subject: this.options.subject ?? this.s.subject ?? 'conditional' },
@@ -360,7 +360,7 @@ class Charting implements FhirCharting {
       this.timer = null;
       setImmediate(() => {
         this.passQueued = false;
-        this.pass();
+        this.whenUnlocked(() => this.pass());
       });
       return;
     }
@@ -368,8 +368,16 @@ class Charting implements FhirCharting {
     if (this.timer) clearTimeout(this.timer);
     this.timer = setTimeout(() => {
       this.timer = null;
-      this.pass();
+      this.whenUnlocked(() => this.pass());
     }, ms);
+  }
+
+  /**
+   * Runs outbox work (passes and housekeeping write the outbox tables) while the store's writer
+   * thread holds no lock, so the event loop never stops to wait for it.
+   */
+  private whenUnlocked(work: () => void): void {
+    this.options.store.exclusive(work).catch((err: unknown) => this.log.error({ err }, 'outbox work failed'));
   }
 
   /** One pass: feed, close, dispatch; then schedule the next. */
@@ -474,19 +482,24 @@ class Charting implements FhirCharting {
   private async deliverAndSettle(work: Claimed): Promise<void> {
     const report =
       work.action === 'void' ? await this.voids.deliver(work.batch, this.abort.signal) : await this.forwarder.deliver(work.batch, this.abort.signal);
-    // A confirmed void queues its re-issue in the same transaction (corrections.ts).
-    const settle = (results: readonly EntryResult[], at: number) =>
-      work.action === 'void' ? this.corrections.settleVoids(results, at) : this.outbox.settle(results, at);
+    // A confirmed void queues its re-issue in the same transaction (corrections.ts). Settling
+    // writes the outbox tables, so it waits until the store's writer holds no lock.
+    const settle = (results: readonly EntryResult[], at: number, release: readonly number[] = []) =>
+      this.options.store.exclusive(() => {
+        if (work.action === 'void') this.corrections.settleVoids(results, at);
+        else this.outbox.settle(results, at);
+        if (release.length > 0) this.outbox.release(release, at);
+      });
     const now = this.clock();
     if (report.reached) {
       this.lastContact = now;
     }
     const results: EntryResult[] = [...report.results];
     if (this.stopping) {
-      settle(results, now);
-      this.outbox.release(
-        report.unsettled.map((e) => e.id),
+      await settle(
+        results,
         now,
+        report.unsettled.map((e) => e.id),
       );
     } else {
       if (report.failure !== null) {
@@ -517,7 +530,7 @@ class Charting implements FhirCharting {
         this.failures = 0;
         this.reachable = true;
       }
-      settle(results, now);
+      await settle(results, now);
     }
     this.countDelivered(now, results.reduce((n, r) => n + (r.kind === 'confirmed' ? 1 : 0), 0));
   }

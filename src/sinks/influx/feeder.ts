@@ -41,6 +41,8 @@ export interface InfluxFeedStore {
   observationsAfter(afterId: number, limit: number): StoredObservation[];
   cursor(name: string): number;
   setCursor(name: string, position: number): void;
+  /** Runs a write (the cursor move) when it need not wait for the store's write lock. */
+  exclusive<T>(fn: () => T): Promise<T>;
   /** The id of the newest stored reading (0 when none): the cursor's lag is this minus the cursor. */
   lastObservationId(): number;
 }
@@ -286,7 +288,7 @@ export class InfluxFeeder {
     }
 
     const last = rows[rows.length - 1]!.id;
-    this.store.setCursor(INFLUX_CURSOR, last);
+    await this.store.exclusive(() => this.store.setCursor(INFLUX_CURSOR, last));
     this.counters.pointsWritten += points.length - refused;
     this.counters.refusedPoints += refused;
     this.counters.skippedNoValue += skipped;
