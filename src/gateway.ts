@@ -95,7 +95,8 @@ export class Gateway {
       const unregistered = new UnregisteredDevices(devices, log);
       const ingest = new Ingest(new Normalizer(mappings), store, {
         attributor,
-        noteUnregistered: (id, source, at) => unregistered.note(id, source, at),
+        // Recorded on this thread's connection, when the store's writer holds no lock.
+        noteUnregistered: (id, source, at) => void store.exclusive(() => unregistered.note(id, source, at)),
         // Health is kept per registry device (a monitor sending as its EUI-64 is its record).
         noteBatch: (id, stats) => health.noteBatch(devices.get(id)?.id ?? id, stats),
       });
