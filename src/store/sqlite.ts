@@ -2,7 +2,6 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import type { MessageIdentity } from '../driver.js';
 import { ErrorCode, GatewayError } from '../errors.js';
 import type { DeadLetter } from '../model/dead-letter.js';
 import type { PatientId } from '../model/measurement.js';
@@ -43,7 +42,9 @@ const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 -- One row per accepted message: the durable record that makes a resend (same sender, same
 -- MSH-10, same bytes) get the same answer without storing its readings twice. The digest is
--- part of the key so that a new message reusing an old id is stored, not dropped.
+-- part of the identity so that a new message reusing an old id is stored, not dropped. A resend
+-- is found through its first reading (observations_device_time, then the message row by id):
+-- an index of its own keyed by sender would cost every commit one more page per device.
 CREATE TABLE IF NOT EXISTS messages (
   id INTEGER PRIMARY KEY,
   received INTEGER NOT NULL,
@@ -51,24 +52,32 @@ CREATE TABLE IF NOT EXISTS messages (
   sender TEXT NOT NULL,
   control_id TEXT NOT NULL,
   digest TEXT NOT NULL,
-  observations INTEGER NOT NULL,
-  UNIQUE (sender, control_id, digest)
+  observations INTEGER NOT NULL
+);
+-- What a reading is, apart from its device, value and time: one row per kind of reading (code,
+-- unit, containment …), shared by every device that sends it. Readings point here instead of
+-- repeating ~70 bytes of text each: under load the store's cost is the pages a commit writes
+-- (bench/RESULTS.md). \`key\` is the JSON array of the other columns (NULLs would defeat UNIQUE).
+CREATE TABLE IF NOT EXISTS series (
+  id INTEGER PRIMARY KEY,
+  key TEXT NOT NULL UNIQUE,
+  code INTEGER,
+  system TEXT NOT NULL,
+  vendor_code TEXT NOT NULL,
+  metric TEXT NOT NULL,
+  unit TEXT NOT NULL,
+  loinc TEXT,
+  containment TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS observations (
   id INTEGER PRIMARY KEY,
   time INTEGER NOT NULL,
   tz INTEGER NOT NULL,
   device TEXT NOT NULL,
-  code INTEGER,
-  system TEXT NOT NULL,
-  vendor_code TEXT NOT NULL,
-  metric TEXT NOT NULL,
+  series INTEGER NOT NULL REFERENCES series (id),
   value REAL,
   text TEXT,
-  unit TEXT NOT NULL,
-  loinc TEXT,
   flags INTEGER NOT NULL,
-  containment TEXT NOT NULL,
   patient_system TEXT,
   patient_value TEXT,
   location TEXT,
@@ -78,6 +87,11 @@ CREATE TABLE IF NOT EXISTS observations (
 -- The two read paths: one device's series, and everything in a time window.
 CREATE INDEX IF NOT EXISTS observations_device_time ON observations (device, time);
 CREATE INDEX IF NOT EXISTS observations_time ON observations (time);
+-- Readings as the API, the feeders and the outbox read them: every column of an Observation.
+CREATE VIEW IF NOT EXISTS observation_rows AS
+  SELECT o.id, o.time, o.tz, o.device, s.code, s.system, s.vendor_code, s.metric, o.value, o.text, s.unit,
+    s.loinc, o.flags, s.containment, o.patient_system, o.patient_value, o.location, o.message_id, o.received
+  FROM observations o JOIN series s ON s.id = o.series;
 -- Each downstream feeder (FHIR outbox, InfluxDB) reads observations in id order from its own
 -- cursor, so it catches up after any outage without the ingest path waiting for it.
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
@@ -141,6 +155,7 @@ export class SqliteStore implements Store {
     // Checkpoints (copying the log back into the database file, with an fsync) belong to the
     // writer thread, which makes nearly all of the log; here they would stall the event loop.
     this.db.pragma('wal_autocheckpoint = 0');
+    upgradeObservationRows(this.db);
     this.db.exec(SCHEMA);
     this.maxDelayMs = options.groupCommitMaxDelayMs ?? 0;
     this.maxRows = options.groupCommitMaxRows ?? 20_000;
@@ -152,14 +167,11 @@ export class SqliteStore implements Store {
       deadLetterRaw: db.prepare('SELECT raw FROM dead_letters WHERE id = ?').pluck(),
       countObservations: db.prepare('SELECT count(*) FROM observations').pluck(),
       countDeadLetters: db.prepare('SELECT count(*) FROM dead_letters').pluck(),
-      observationsAfter: db.prepare('SELECT * FROM observations WHERE id > ? ORDER BY id LIMIT ?'),
+      observationsAfter: db.prepare('SELECT * FROM observation_rows WHERE id > ? ORDER BY id LIMIT ?'),
       lastObservationId: db.prepare('SELECT max(id) FROM observations').pluck(),
       getCursor: db.prepare('SELECT position FROM cursors WHERE name = ?').pluck(),
       setCursor: db.prepare(
         'INSERT INTO cursors (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position',
-      ),
-      messageByControlId: db.prepare(
-        'SELECT observations FROM messages WHERE sender = ? AND control_id = ? AND digest = ?',
       ),
     };
   }
@@ -279,7 +291,7 @@ export class SqliteStore implements Store {
       params.push(q.until);
     }
     const order = q.order === 'asc' ? 'ASC' : 'DESC';
-    const sql = `SELECT * FROM observations ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
+    const sql = `SELECT * FROM observation_rows ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
       ORDER BY time ${order}, id ${order} LIMIT ?`;
     params.push(q.limit);
     const rows = this.db.prepare(sql).all(...params) as ObservationRow[];
@@ -330,7 +342,7 @@ export class SqliteStore implements Store {
     // Bounded IN lists (SQLite allows 32766 parameters; a few hundred per statement is plenty).
     for (let i = 0; i < ids.length; i += 500) {
       const chunk = ids.slice(i, i + 500);
-      const rows = this.db.prepare(`SELECT * FROM observations WHERE id IN (${chunk.map(() => '?').join(',')}) ORDER BY id`).all(...chunk) as ObservationRow[];
+      const rows = this.db.prepare(`SELECT * FROM observation_rows WHERE id IN (${chunk.map(() => '?').join(',')}) ORDER BY id`).all(...chunk) as ObservationRow[];
       for (const r of rows) out.push(toStoredObservation(r));
     }
     return out;
@@ -420,15 +432,6 @@ export class SqliteStore implements Store {
     };
   }
 
-  /** Whether a message (sender, MSH-10, digest) was committed, and with how many readings. */
-  messageCommitted(message: MessageIdentity): { observations: number } | null {
-    return (
-      (this.statements.messageByControlId.get(message.sender, message.controlId, message.digest) as
-        | { observations: number }
-        | undefined) ?? null
-    );
-  }
-
   /** The patient's pseudonym under this store's key (kept in the store, made at first start). */
   pseudonym(patient: PatientId): string {
     return pseudonym(this.pseudonymKey, patient);
@@ -466,6 +469,33 @@ export class SqliteStore implements Store {
     this.db.prepare("INSERT INTO meta (key, value) VALUES ('pseudonym-key', ?)").run(key);
     return key;
   }
+}
+
+/**
+ * Stores made before the `series` table kept every reading's code, unit and names in its own
+ * row. They are rewritten once, in one transaction, at the first start of this version (ids
+ * kept, so feeder cursors and outbox references stay valid).
+ */
+function upgradeObservationRows(db: Database.Database): void {
+  const columns = db.prepare("SELECT name FROM pragma_table_info('observations')").pluck().all() as string[];
+  if (!columns.includes('vendor_code')) return;
+  db.transaction(() => {
+    // The messages table loses its UNIQUE index (a resend is found through its readings).
+    db.exec(`ALTER TABLE messages RENAME TO messages_v1;`);
+    db.exec(`ALTER TABLE observations RENAME TO observations_v1;
+      DROP INDEX IF EXISTS observations_device_time;
+      DROP INDEX IF EXISTS observations_time;`);
+    db.exec(SCHEMA);
+    db.exec(`INSERT OR IGNORE INTO series (key, code, system, vendor_code, metric, unit, loinc, containment)
+        SELECT json_array(code, system, vendor_code, metric, unit, loinc, containment), code, system, vendor_code, metric, unit, loinc, containment
+        FROM observations_v1;
+      INSERT INTO observations (id, time, tz, device, series, value, text, flags, patient_system, patient_value, location, message_id, received)
+        SELECT v.id, v.time, v.tz, v.device, s.id, v.value, v.text, v.flags, v.patient_system, v.patient_value, v.location, v.message_id, v.received
+        FROM observations_v1 v JOIN series s ON s.key = json_array(v.code, v.system, v.vendor_code, v.metric, v.unit, v.loinc, v.containment);
+      DROP TABLE observations_v1;
+      INSERT INTO messages SELECT * FROM messages_v1;
+      DROP TABLE messages_v1;`);
+  })();
 }
 
 function rowsOf(unit: CommitUnit): number {

@@ -2,6 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ErrorCode } from '../../src/errors.js';
 import type { Observation } from '../../src/model/observation.js';
@@ -97,7 +98,7 @@ describe('SqliteStore', () => {
     await store.close();
     const { store: again } = open(file);
     expect(again.counts().observations).toBe(200);
-    expect(again.messageCommitted({ sender: 'A', controlId: 'M199', digest: 'd' })).toEqual({ observations: 1 });
+    expect(again.database().prepare("SELECT observations FROM messages WHERE sender = 'A' AND control_id = 'M199'").pluck().get()).toBe(1);
   });
 
   it('filters by device, metric (refid or code) and time window', async () => {
@@ -237,6 +238,65 @@ describe('StoreWriter', () => {
     expect(await writer.write(group)).toEqual([1, 0, 0, 0]);
     await writer.close();
     expect(store.counts().observations).toBe(1);
+  });
+});
+
+describe('SqliteStore series', () => {
+  it('keeps what a reading is once per kind, shared by devices, and reads every reading back whole', async () => {
+    const { store } = open();
+    const spo2 = { code: 150456, metric: 'MDC_PULS_OXIM_SAT_O2', vendorCode: '150456', unit: '%', loinc: '59408-5', containment: '1.3.1.1' };
+    const readings = [obs(), obs({ deviceId: 'DEV2' }), obs({ ...spo2, value: 97 }), obs({ code: null, system: '99MNDRY', vendorCode: '1234', metric: '99MNDRY:1234', loinc: null, unit: '' })];
+    await store.commit({ received: 1, source: 's', message: null, observations: readings, deadLetters: [] });
+    await store.commit({ received: 2, source: 's', message: null, observations: [obs({ deviceId: 'DEV3', time: 5 })], deadLetters: [] });
+    expect(store.database().prepare('SELECT count(*) FROM series').pluck().get()).toBe(3);
+    const back = store.observationsAfter(0, 10).map((r) => r.observation);
+    expect(back).toEqual([...readings, obs({ deviceId: 'DEV3', time: 5 })]);
+  });
+
+  it('a series made in a rolled-back group is made again, not referenced', async () => {
+    const { store } = open();
+    const fresh = obs({ code: 151562, metric: 'MDC_RESP_RATE', vendorCode: '151562' });
+    const bad = obs({ deviceId: null as unknown as string });
+    await Promise.allSettled([store.commit({ received: 1, source: 's', message: null, observations: [fresh, bad], deadLetters: [] })]);
+    await store.commit({ received: 2, source: 's', message: null, observations: [fresh], deadLetters: [] });
+    expect(store.queryObservations({ metric: 'MDC_RESP_RATE', limit: 10 }).map((r) => r.observation)).toEqual([fresh]);
+  });
+
+  it('upgrades a store written before the series table, keeping ids and every column', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'mdi-store-v1-')), 'mdi.sqlite');
+    const v1 = new Database(file);
+    v1.exec(`CREATE TABLE observations (id INTEGER PRIMARY KEY, time INTEGER NOT NULL, tz INTEGER NOT NULL, device TEXT NOT NULL,
+      code INTEGER, system TEXT NOT NULL, vendor_code TEXT NOT NULL, metric TEXT NOT NULL, value REAL, text TEXT, unit TEXT NOT NULL,
+      loinc TEXT, flags INTEGER NOT NULL, containment TEXT NOT NULL, patient_system TEXT, patient_value TEXT, location TEXT,
+      message_id INTEGER, received INTEGER NOT NULL);
+      CREATE INDEX observations_device_time ON observations (device, time);
+      CREATE INDEX observations_time ON observations (time);
+      CREATE TABLE cursors (name TEXT PRIMARY KEY, position INTEGER NOT NULL);
+      INSERT INTO cursors VALUES ('fhir-outbox', 7);
+      CREATE TABLE messages (id INTEGER PRIMARY KEY, received INTEGER NOT NULL, source TEXT NOT NULL, sender TEXT NOT NULL,
+        control_id TEXT NOT NULL, digest TEXT NOT NULL, observations INTEGER NOT NULL, UNIQUE (sender, control_id, digest));
+      INSERT INTO messages VALUES (1, 1, 'mllp', 'A', 'M1', 'd1', 1);`);
+    const insert = v1.prepare('INSERT INTO observations VALUES (?, ?, 60, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, 1, 1)');
+    insert.run(7, 1000, 'DEV1', 147842, 'MDC', '147842', 'MDC_ECG_HEART_RATE', 80, null, '/min', '8867-4', '1.1.1.1', 'urn:oid:1.2.208.176.1.2', '0101901234', 'ICU/1/1');
+    insert.run(9, 2000, 'DEV2', null, '99MNDRY', 'x"y', '99MNDRY:x"y', null, 'Åben', '', null, '', null, null, null);
+    v1.close();
+
+    const { store } = open(file);
+    expect(store.observationsAfter(0, 10).map((r) => [r.id, r.observation])).toEqual([
+      [7, obs({ time: 1000 })],
+      [9, obs({ time: 2000, deviceId: 'DEV2', code: null, system: '99MNDRY', vendorCode: 'x"y', metric: '99MNDRY:x"y', value: Number.NaN, text: 'Åben', unit: '', loinc: null, containment: '', patient: null, location: null })],
+    ]);
+    expect(store.cursor('fhir-outbox')).toBe(7);
+    // The upgraded indexes serve the device path; new readings of an old series share its row.
+    expect(store.queryObservations({ device: 'DEV2', limit: 10 })).toHaveLength(1);
+    await store.commit({ received: 3, source: 's', message: null, observations: [obs({ time: 3000 })], deadLetters: [] });
+    expect(store.lastObservationId()).toBe(10);
+    expect(store.database().prepare('SELECT count(*) FROM series').pluck().get()).toBe(2);
+    const indexes = store.database().prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('observations', 'messages')").pluck().all();
+    expect(indexes.sort()).toEqual(['observations_device_time', 'observations_time']);
+    // The resend of a message stored before the upgrade is still recognised.
+    const resend = { received: 4, source: 'mllp', message: { sender: 'A', controlId: 'M1', digest: 'd1' }, observations: [obs({ time: 1000 })], deadLetters: [] };
+    expect(await store.commit(resend)).toEqual({ stored: 0, deadLetters: 0, duplicate: true, previouslyStored: 1 });
   });
 });
 
