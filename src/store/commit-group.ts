@@ -48,7 +48,9 @@ export function encodeGroup(units: readonly CommitUnit[]): EncodedGroup {
   const strings: string[] = [];
   const series: (number | null)[] = [];
   const ids = new Map<string, number>();
-  const seriesIds = new Map<string, number>();
+  // The group's series by metric (string id), each a short list of series indexes: one Map
+  // lookup by a small integer and a few comparisons per reading, no key string built.
+  const seriesByMetric = new Map<number, number[]>();
   const id = (text: string | null): number => {
     if (text === null) return -1;
     let k = ids.get(text);
@@ -69,11 +71,26 @@ export function encodeGroup(units: readonly CommitUnit[]): EncodedGroup {
       const unit = id(o.unit);
       const loinc = id(o.loinc);
       const containment = id(o.containment);
-      const key = `${o.code},${system},${vendorCode},${metric},${unit},${loinc},${containment}`;
-      let s = seriesIds.get(key);
-      if (s === undefined) {
+      let candidates = seriesByMetric.get(metric);
+      if (candidates === undefined) seriesByMetric.set(metric, (candidates = []));
+      let s = -1;
+      for (const c of candidates) {
+        const at = c * SERIES_VALUES;
+        if (
+          series[at] === o.code &&
+          series[at + 1] === system &&
+          series[at + 2] === vendorCode &&
+          series[at + 4] === unit &&
+          series[at + 5] === loinc &&
+          series[at + 6] === containment
+        ) {
+          s = c;
+          break;
+        }
+      }
+      if (s < 0) {
         s = series.push(o.code, system, vendorCode, metric, unit, loinc, containment) / SERIES_VALUES - 1;
-        seriesIds.set(key, s);
+        candidates.push(s);
       }
       values.push(
         o.time,
