@@ -19,7 +19,7 @@ import type {
 import { StoreWriter } from './writer.js';
 
 export interface SqliteStoreOptions {
-  /** Database file; `:memory:` for throwaway stores in unit tests. */
+  /** Database file (a real file: the writer thread opens it on a connection of its own). */
   readonly file: string;
   /** `full`: an ACKed message survives power loss. `normal`: survives a process crash only. */
   readonly synchronous?: 'full' | 'normal';
