@@ -75,7 +75,7 @@ export interface OutboxStore {
   observationsAfter(afterId: number, limit: number): StoredObservation[];
   cursor(name: string): number;
   setCursor(name: string, position: number): void;
-  /** Runs a write (the cursor move) when it need not wait for the store's write lock. */
+  /** Runs outbox writes (passes, settles) when they need not wait for the store's write lock. */
   exclusive<T>(fn: () => T): Promise<T>;
   pseudonym(patient: PatientId): string;
   /** Readings by store id (their current patient, after a binding correction). */
